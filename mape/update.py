@@ -1,0 +1,244 @@
+"""Update rules that change only the parameters owned by the selected units (SPEC §2).
+
+Every rule writes through :class:`MaskedParams`, which sets each parameter to
+``torch.where(mask, new, original)``: entries outside the selection stay bit-identical.
+
+- ``so`` (default): θ ← θ + η · ‖θ_M‖ · d/‖d‖ with d = M ⊙ (Î_r + λ)⁻¹ ⊙ ∇θ L(D_f): one
+  Fisher-preconditioned ascent step on the mean forget loss. Î_r is the per-example diagonal
+  parameter Fisher on the retain sample, λ = damping · mean(Î_r over M). η is *relative*: the step
+  moves the selected parameters by the fraction η of their norm, so one grid fits every model.
+- ``ga``: gradient ascent on D_f; ``gd``: ascent on D_f plus descent on D_r (NegGrad+);
+  ``rl``: descent on D_f with random wrong labels plus D_r; ``npo``: negative preference optimisation
+  against θ* (β = 0.1) plus a retain term. These take Adam steps on the selected entries.
+
+Step size ``auto``: candidates are tried with forward passes only, on a forget and a retain check
+sample, until forget accuracy reaches the target (what a retrained model would score on D_f) while
+retain accuracy stays within ``tolerance`` of the original's; the chosen value is reported.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as Fn
+
+from mape.models import Encoded, TaskModel
+
+UPDATES = ("so", "ga", "gd", "rl", "npo")
+SO_GRID = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
+Progress = Callable[[str, float], None]
+
+
+@dataclass
+class Target:
+    forget_acc: float          # forget accuracy of a model that never saw D_f (estimate)
+    retain_acc: float          # original retain accuracy on the check sample
+    tolerance: float = 0.02    # allowed drop of retain accuracy
+    slack: float = 0.02        # forget accuracy within target + slack counts as reached
+
+    def feasible(self, ra: float) -> bool:
+        return ra >= self.retain_acc - self.tolerance - 1e-9
+
+    def reached(self, fa: float) -> bool:
+        return fa <= self.forget_acc + self.slack + 1e-9
+
+
+@dataclass
+class UpdateReport:
+    rule: str
+    step: float | int | None
+    auto: bool
+    trials: list[dict] = field(default_factory=list)   # {"step", "forget_acc", "retain_acc"}
+    reached_target: bool = False
+    params_changed: int = 0
+
+    def to_json(self) -> dict:
+        return {"rule": self.rule, "step": self.step, "auto": self.auto, "trials": self.trials,
+                "reached_target": self.reached_target, "params_changed": self.params_changed}
+
+
+class MaskedParams:
+    """The selected entries of a set of parameters; everything else is kept bit-identical."""
+
+    def __init__(self, masks: dict[torch.nn.Parameter, torch.Tensor]):
+        self.masks = {p: m.to(p.device) for p, m in masks.items() if bool(m.any())}
+        self.original = {p: p.detach().clone() for p in self.masks}
+
+    @property
+    def count(self) -> int:
+        return int(sum(int(m.sum()) for m in self.masks.values()))
+
+    def norm(self) -> float:
+        return math.sqrt(sum(float((v[self.masks[p]].double() ** 2).sum()) for p, v in self.original.items()))
+
+    @torch.no_grad()
+    def set_offset(self, direction: dict, scale: float) -> None:
+        """θ = θ* + scale · direction on the selected entries."""
+        for p, m in self.masks.items():
+            base = self.original[p]
+            p.copy_(torch.where(m, base + scale * direction[p].to(base.dtype), base))
+
+    @torch.no_grad()
+    def snapshot(self) -> dict:
+        return {p: p.detach().clone() for p in self.masks}
+
+    @torch.no_grad()
+    def load(self, snap: dict) -> None:
+        for p, v in snap.items():
+            p.copy_(v)
+
+    @torch.no_grad()
+    def enforce(self) -> None:
+        for p, m in self.masks.items():
+            p.copy_(torch.where(m, p, self.original[p]))
+
+    def changed(self) -> int:
+        return int(sum(int((p.detach() != self.original[p]).sum()) for p in self.masks))
+
+
+def accuracy(task: TaskModel, enc: Encoded, batch_size: int = 64) -> float:
+    if len(enc) == 0:
+        return float("nan")
+    probs = task.predict_proba(enc, batch_size)
+    return float((probs.argmax(1) == enc.labels.numpy()).mean())
+
+
+def so_direction(mp: MaskedParams, grad_f: dict, fisher_r: dict, damping: float = 1.0) -> dict:
+    """M ⊙ (Î_r + λ)⁻¹ ⊙ ∇θ L(D_f), scaled so that a unit step moves θ_M by ‖θ_M‖."""
+    mean_f = sum(float(fisher_r[p][m].sum()) for p, m in mp.masks.items()) / max(mp.count, 1)
+    lam = damping * mean_f + 1e-12
+    d = {p: torch.where(m, grad_f[p] / (fisher_r[p] + lam), torch.zeros_like(grad_f[p]))
+         for p, m in mp.masks.items()}
+    dn = math.sqrt(sum(float((v.double() ** 2).sum()) for v in d.values()))
+    scale = mp.norm() / max(dn, 1e-30)
+    return {p: v * scale for p, v in d.items()}
+
+
+def _closeness(fa: float, ra: float, target: Target) -> tuple:
+    """Sort key for trials: feasible first, then forget accuracy closest to the target."""
+    return (not target.feasible(ra), abs(fa - target.forget_acc), -ra)
+
+
+def so_update(task: TaskModel, mp: MaskedParams, direction: dict, step, evaluate, target: Target,
+              progress: Progress | None = None) -> UpdateReport:
+    """Apply the ``so`` step with a fixed η, or choose η by forward passes (``step='auto'``)."""
+    if step != "auto":
+        mp.set_offset(direction, float(step))
+        return UpdateReport("so", float(step), False, params_changed=mp.changed())
+    trials = []
+
+    def trial(eta: float):
+        mp.set_offset(direction, eta)
+        fa, ra = evaluate()
+        trials.append({"step": eta, "forget_acc": fa, "retain_acc": ra})
+        if progress:
+            progress("step size", min(1.0, len(trials) / (len(SO_GRID) + 3)))
+        return fa, ra
+
+    lo = 0.0
+    hi = None
+    for eta in SO_GRID:
+        fa, ra = trial(eta)
+        if target.reached(fa) or not target.feasible(ra):
+            hi = eta
+            break
+        lo = eta
+    if hi is not None and lo > 0:
+        for _ in range(3):  # bisection in log space between the last two grid points
+            mid = math.sqrt(lo * hi)
+            fa, ra = trial(mid)
+            if target.reached(fa) or not target.feasible(ra):
+                hi = mid
+            else:
+                lo = mid
+    best = min(trials, key=lambda t: _closeness(t["forget_acc"], t["retain_acc"], target))
+    mp.set_offset(direction, best["step"])
+    return UpdateReport("so", best["step"], True, trials, target.reached(best["forget_acc"])
+                        and target.feasible(best["retain_acc"]), mp.changed())
+
+
+def _cycle(enc: Encoded, batch_size: int, device, seed: int):
+    epoch = 0
+    while True:
+        yield from enc.batches(batch_size, device, shuffle_seed=seed + epoch)
+        epoch += 1
+
+
+def _rule_loss(rule: str, task: TaskModel, fx, fy, rbatch, ref_logp_fn, num_classes: int, gen):
+    logits = task.logits(fx).float()
+    if rule == "ga":
+        return -Fn.cross_entropy(logits, fy)
+    if rule == "rl":
+        shift = torch.randint(1, num_classes, fy.shape, generator=gen).to(fy.device)
+        loss = Fn.cross_entropy(logits, (fy + shift) % num_classes)
+    elif rule == "gd":
+        loss = -Fn.cross_entropy(logits, fy)
+    elif rule == "npo":
+        beta = 0.1
+        logp = torch.log_softmax(logits, -1).gather(1, fy[:, None]).squeeze(1)
+        ratio = logp - ref_logp_fn(fx, fy)
+        loss = -(2.0 / beta) * Fn.logsigmoid(-beta * ratio).mean()
+    else:
+        raise ValueError(rule)
+    rx, ry = rbatch
+    return loss + Fn.cross_entropy(task.logits(rx).float(), ry)
+
+
+def iterative_update(task: TaskModel, rule: str, mp: MaskedParams, forget: Encoded, retain: Encoded,
+                     step, evaluate, target: Target, lr: float, batch_size: int = 32, seed: int = 0,
+                     max_steps: int = 60, eval_every: int = 5, progress: Progress | None = None) -> UpdateReport:
+    """``ga``/``gd``/``rl``/``npo``: Adam on the selected entries. ``step`` = number of optimizer steps."""
+    model, device = task.model, task.device
+    params = list(mp.masks)
+    saved = [p.requires_grad for p in model.parameters()]
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for p in params:
+        p.requires_grad_(True)
+    was_training = model.training
+    model.eval()
+    opt = torch.optim.Adam(params, lr=lr)
+    gen = torch.Generator().manual_seed(seed)
+    ref = task.clone() if rule == "npo" else None
+
+    def ref_logp(x, y):
+        with torch.no_grad():
+            return torch.log_softmax(ref.logits(x).float(), -1).gather(1, y[:, None]).squeeze(1)
+
+    auto = step == "auto"
+    n_steps = max_steps if auto else int(step)
+    trials, best, chosen = [], None, 0
+    fbatches, rbatches = _cycle(forget, batch_size, device, seed), _cycle(retain, batch_size, device, seed + 7)
+    try:
+        for i in range(1, n_steps + 1):
+            fx, fy = next(fbatches)
+            rbatch = next(rbatches) if rule != "ga" else None
+            loss = _rule_loss(rule, task, fx, fy, rbatch, ref_logp, len(task.classes), gen)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            for p in params:
+                p.grad.mul_(mp.masks[p])
+            opt.step()
+            mp.enforce()
+            if progress:
+                progress(f"{rule} steps", i / n_steps)
+            if auto and (i % eval_every == 0 or i == n_steps):
+                fa, ra = evaluate()
+                trials.append({"step": i, "forget_acc": fa, "retain_acc": ra})
+                if best is None or _closeness(fa, ra, target) < _closeness(best[1], best[2], target):
+                    best, chosen = (mp.snapshot(), fa, ra), i
+                if target.reached(fa) or not target.feasible(ra):
+                    break
+        if auto and best is not None:
+            mp.load(best[0])
+    finally:
+        for p, flag in zip(model.parameters(), saved):
+            p.requires_grad_(flag)
+            p.grad = None
+        model.train(was_training)
+    reached = bool(best) and target.reached(best[1]) and target.feasible(best[2])
+    return UpdateReport(rule, chosen if auto else n_steps, auto, trials, reached, mp.changed())
