@@ -88,7 +88,8 @@ def _encode_labels(labels: list, classes: list[str] | None, where: list[str]):
     """Map raw labels of several splits to int64 ids; return (arrays, class names)."""
     values = [list(v) for v in labels]
     flat = [v for vals in values for v in vals]
-    if any(v is None or (isinstance(v, float) and v != v) for v in flat):
+    if any(v is None or (isinstance(v, float) and v != v) or (isinstance(v, str) and not v.strip())
+           for v in flat):
         raise MapeError(f"Some labels in {', '.join(where)} are empty; every example needs a label.")
 
     def as_int(v):
@@ -361,7 +362,7 @@ def load_hub_dataset(dataset_id: str, *, text_col=None, image_col=None, label_co
                 f"use a local folder or an embedded dataset instead."
             ) from None
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise MapeError(f"Cannot load dataset '{dataset_id}': {msg}") from None
+        raise MapeError(f"Cannot load dataset '{dataset_id}': {msg.rstrip('.')}.") from None
     splits = list(dd.keys())
     if train_split not in dd:
         raise MapeError(f"Dataset '{dataset_id}' has no '{train_split}' split; its splits are "

@@ -23,6 +23,11 @@ _NUM_RE = re.compile(r"^[0-9]+$")
 _RANGE_RE = re.compile(r"^([0-9]+)-([0-9]+)$")
 
 
+def _show(text: str, limit: int = 80) -> str:
+    """User text quoted on one line (repr escapes newlines), shortened."""
+    return repr(text if len(text) <= limit else text[:limit] + "...")
+
+
 def _int(text: str) -> int:
     """A digit string as int; absurdly long ones are capped (int() refuses > 4300 digits)."""
     return int(text) if len(text) <= 18 else 10**18
@@ -50,17 +55,17 @@ class ForgetSet:
 def _count(text: str, spec: str) -> int:
     text = text.strip()
     if not _NUM_RE.match(text):
-        raise MapeError(f"The count {text!r} in forget spec '{spec}' must be a whole number, e.g. random:100.")
+        raise MapeError(f"The count {_show(text)} in forget spec {spec} must be a whole number, e.g. random:100.")
     n = _int(text)
     if n <= 0:
-        raise MapeError(f"The count in forget spec '{spec}' must be positive, not {n}.")
+        raise MapeError(f"The count in forget spec {spec} must be positive, not {n}.")
     return n
 
 
 def _sample(pool: np.ndarray, n: int, rng, spec: str) -> np.ndarray:
     if n > len(pool):
         raise MapeError(
-            f"Forget spec '{spec}' asks for {n} examples but only {len(pool)} are available."
+            f"Forget spec {spec} asks for {n} examples but only {len(pool)} are available."
         )
     return rng.choice(pool, size=n, replace=False)
 
@@ -68,7 +73,7 @@ def _sample(pool: np.ndarray, n: int, rng, spec: str) -> np.ndarray:
 def _parse_indices(text: str, n_train: int, spec: str) -> np.ndarray:
     tokens = [t for t in re.split(r"[,\s]+", text) if t]
     if not tokens:
-        raise MapeError(f"Forget spec '{spec}' lists no indices; write e.g. indices:0,5,10-20.")
+        raise MapeError(f"Forget spec {spec} lists no indices; write e.g. indices:0,5,10-20.")
     parts = []
     for t in tokens:
         m = _RANGE_RE.match(t)
@@ -77,33 +82,33 @@ def _parse_indices(text: str, n_train: int, spec: str) -> np.ndarray:
         elif m:
             lo, hi = _int(m.group(1)), _int(m.group(2))
             if lo > hi:
-                raise MapeError(f"The index range '{t}' in forget spec '{spec}' runs backwards; write low-high.")
+                raise MapeError(f"The index range {_show(t)} in forget spec {spec} runs backwards; write low-high.")
         else:
             raise MapeError(
-                f"'{t[:40]}' in forget spec '{spec[:80]}' is not an index or a range; "
+                f"{_show(t, 40)} in forget spec {spec} is not an index or a range; "
                 f"write non-negative integers like 0,5,10-20."
             )
         if hi >= n_train:
             raise MapeError(
-                f"Index {hi} in forget spec '{spec[:80]}' is out of range; valid indices are 0..{n_train - 1}."
+                f"Index {hi} in forget spec {spec} is out of range; valid indices are 0..{n_train - 1}."
             )
         parts.append(np.arange(lo, hi + 1, dtype=np.int64))
     return np.concatenate(parts)
 
 
-def _read_index_file(arg: str, spec: str) -> str:
+def _read_index_file(arg: str) -> str:
     path = Path(arg.strip())
     try:
         path = path.expanduser()
     except RuntimeError:  # "~user" with no such user
         pass
     if not path.is_file():
-        raise MapeError(f"Cannot read index file '{path}': it does not exist or is not a regular file.")
+        raise MapeError(f"Cannot read index file {_show(str(path))}: it does not exist or is not a regular file.")
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, ValueError) as e:
         reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
-        raise MapeError(f"Cannot read index file '{path}': {reason}.") from None
+        raise MapeError(f"Cannot read index file {_show(str(path))}: {reason}.") from None
     return " ".join(line.split("#", 1)[0] for line in text.splitlines())
 
 
@@ -113,6 +118,7 @@ def select_forget(spec: str, dataset: Dataset, seed: int = 0,
     if not isinstance(spec, str) or not spec.strip():
         raise MapeError(f"The forget spec is empty; valid kinds are {KINDS}.")
     spec = spec.strip()
+    shown = _show(spec)
     kind, sep, arg = spec.partition(":")
     kind = kind.strip().lower()
     n_train = len(dataset.train)
@@ -120,9 +126,9 @@ def select_forget(spec: str, dataset: Dataset, seed: int = 0,
     rng = np.random.default_rng(seed)
     forget_class = class_name = None
     if kind not in ("random", "class", "match", "indices", "indices-file"):
-        raise MapeError(f"Unknown forget selector '{kind[:40]}'; valid kinds are {KINDS}.")
+        raise MapeError(f"Unknown forget selector {_show(kind, 40)}; valid kinds are {KINDS}.")
     if not sep or (kind != "match" and not arg.strip()):
-        raise MapeError(f"Forget spec '{spec[:80]}' needs a value after '{kind}:'; valid kinds are {KINDS}.")
+        raise MapeError(f"Forget spec {shown} needs a value after '{kind}:'; valid kinds are {KINDS}.")
     if n_train == 0:
         raise MapeError(f"Dataset '{dataset.name}' has no training examples to forget.")
 
@@ -134,16 +140,16 @@ def select_forget(spec: str, dataset: Dataset, seed: int = 0,
             except ValueError:
                 pct = float("nan")
             if not math.isfinite(pct) or not 0 < pct <= 100:
-                raise MapeError(f"The percentage in forget spec '{spec[:80]}' must be a number in (0, 100], e.g. random:5%.")
+                raise MapeError(f"The percentage in forget spec {shown} must be a number in (0, 100], e.g. random:5%.")
             n = max(1, int(round(n_train * pct / 100)))
         else:
-            n = _count(arg, spec[:80])
-        idx = _sample(np.arange(n_train), n, rng, spec[:80])
+            n = _count(arg, shown)
+        idx = _sample(np.arange(n_train), n, rng, shown)
     elif kind == "class":
         label, n = arg.strip(), None
         if ":" in label and label.lower() not in (c.lower() for c in dataset.classes):
             label, count = label.rsplit(":", 1)
-            n = _count(count, spec[:80])
+            n = _count(count, shown)
         c = dataset.class_index(label.strip())
         pool = np.flatnonzero(y == c)
         if len(pool) == 0:
@@ -151,7 +157,7 @@ def select_forget(spec: str, dataset: Dataset, seed: int = 0,
         if n is None:
             idx, forget_class, class_name = pool, c, dataset.classes[c]
         else:
-            idx = _sample(pool, n, rng, spec[:80])
+            idx = _sample(pool, n, rng, shown)
     elif kind == "match":
         if dataset.modality != "text":
             raise MapeError(f"match: selects texts, but dataset '{dataset.name}' holds {dataset.modality}s; use random:, class: or indices:.")
@@ -160,26 +166,26 @@ def select_forget(spec: str, dataset: Dataset, seed: int = 0,
         try:
             pattern = re.compile(arg, re.IGNORECASE)
         except (re.error, OverflowError, RecursionError, ValueError) as e:
-            raise MapeError(f"Invalid regular expression {arg[:80]!r} in forget spec: {e}.") from None
+            raise MapeError(f"Invalid regular expression {_show(arg)} in forget spec: {e}.") from None
         idx = np.array([i for i, t in enumerate(dataset.train.x) if pattern.search(t)], dtype=np.int64)
         if len(idx) == 0:
-            raise MapeError(f"The pattern {arg[:80]!r} matches no training text; try a broader pattern.")
+            raise MapeError(f"The pattern {_show(arg)} matches no training text; try a broader pattern.")
     elif kind == "indices":
-        idx = _parse_indices(arg, n_train, spec[:80])
+        idx = _parse_indices(arg, n_train, shown)
     else:
-        idx = _parse_indices(_read_index_file(arg, spec), n_train, spec[:80])
+        idx = _parse_indices(_read_index_file(arg), n_train, shown)
 
     idx = np.unique(np.asarray(idx, dtype=np.int64))
     if len(idx) == 0:
-        raise MapeError(f"Forget spec '{spec[:80]}' selects no training examples.")
+        raise MapeError(f"Forget spec {shown} selects no training examples.")
     if len(idx) >= n_train:
         raise MapeError(
-            f"Forget spec '{spec[:80]}' selects the whole training set ({n_train} examples); "
+            f"Forget spec {shown} selects the whole training set ({n_train} examples); "
             f"at least one example must be retained."
         )
     if len(idx) > max_fraction * n_train:
         raise MapeError(
-            f"Forget set '{spec[:80]}' is {len(idx)} of {n_train} training examples "
+            f"Forget set {shown} is {len(idx)} of {n_train} training examples "
             f"({100 * len(idx) / n_train:.1f}%); the limit is {100 * max_fraction:g}%."
         )
     return ForgetSet(spec, idx, forget_class, class_name)
@@ -188,7 +194,7 @@ def select_forget(spec: str, dataset: Dataset, seed: int = 0,
 def retain_indices(forget: ForgetSet, n_train: int) -> np.ndarray:
     """Training indices not in the forget set (sorted int64)."""
     if forget.size and int(forget.indices.max()) >= n_train:
-        raise MapeError(f"Forget set '{forget.spec}' does not fit a training set of {n_train} examples.")
+        raise MapeError(f"Forget set {_show(forget.spec)} does not fit a training set of {n_train} examples.")
     keep = np.ones(n_train, dtype=bool)
     keep[forget.indices] = False
     return np.flatnonzero(keep).astype(np.int64)

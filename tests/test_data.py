@@ -281,6 +281,24 @@ def test_hub_local_parquet(tmp_path):
         load_hub_dataset(str(folder), label_col="y")
 
 
+def test_hub_local_images_data_dir(tmp_path):
+    import datasets
+    from datasets import ClassLabel, Features, Image
+
+    feats = Features({"img": Image(), "label": ClassLabel(names=["dark", "light"])})
+    rng = np.random.default_rng(1)
+    arrs = rng.integers(0, 256, size=(4, 5, 5), dtype=np.uint8)
+    data = tmp_path / "imgs" / "data"
+    data.mkdir(parents=True)
+    for split, sl in (("train", slice(0, 3)), ("test", slice(3, 4))):
+        rows = {"img": [{"bytes": _png(a), "path": None} for a in arrs[sl]], "label": [0, 1, 0, 1][sl]}
+        datasets.Dataset.from_dict(rows, features=feats).to_parquet(str(data / f"{split}-00000-of-00001.parquet"))
+    ds = load_hub_dataset(str(tmp_path / "imgs"), name="digits")
+    assert ds.name == "digits" and ds.modality == "image" and ds.classes == ["dark", "light"]
+    assert ds.train.x.dtype == np.uint8 and np.array_equal(ds.train.x, arrs[:3])
+    assert np.array_equal(ds.test.x, arrs[3:]) and ds.test.y.tolist() == [1]
+
+
 def test_hub_offline(monkeypatch):
     import datasets
 

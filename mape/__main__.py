@@ -1,0 +1,5 @@
+import sys
+
+from mape.cli import main
+
+sys.exit(main())

@@ -1,0 +1,177 @@
+"""Command line: ``python -m mape presets | prepare | unlearn | compare``.
+
+Bad input exits with code 2 and one line on stderr (``error: ...``), never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from mape.errors import MapeError
+
+
+class TqdmProgress:
+    """Progress callback drawing one tqdm bar per stage (on stderr)."""
+
+    def __init__(self, enabled: bool = True):
+        self.enabled = enabled
+        self.bar = None
+        self.stage = None
+
+    def __call__(self, stage: str, fraction: float, selection=None) -> None:
+        if not self.enabled:
+            return
+        from tqdm import tqdm
+
+        if stage != self.stage:
+            self.close()
+            self.stage = stage
+            self.bar = tqdm(total=100, desc=stage, unit="%", leave=False, file=sys.stderr,
+                            bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}")
+        self.bar.n = int(round(100 * min(max(fraction, 0.0), 1.0)))
+        self.bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message):  # argparse's own errors: one line, exit 2
+        raise MapeError(message)
+
+
+def _data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", default="minilm-bbc", help="preset name (python -m mape presets)")
+    p.add_argument("--data", default=None, help="data folder (local presets) or dataset id/folder with --model")
+    p.add_argument("--model", default=None, help="any model id or folder (custom preset, needs --data)")
+    p.add_argument("--train-limit", type=int, default=None, help="train on a seeded subset of N examples")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _method_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--forget", required=True, action="append",
+                   help="forget set (random:N, random:P%%, class:L, class:L:N, match:RE, indices:..., "
+                        "indices-file:PATH); repeat for successive requests")
+    p.add_argument("--objective", default="mlr", help="mlr | mlf | norm | random")
+    p.add_argument("--sparsity", type=float, default=0.9, help="fraction of units frozen, in (0, 1)")
+    p.add_argument("--update", default="so", help="so | ga | gd | rl | npo")
+    p.add_argument("--step", default="auto", help="auto, η for so, or a number of steps for ga/gd/rl/npo")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--retrain", action="store_true", help="also retrain without the forget set (gold standard)")
+    p.add_argument("--joint-budget", action="store_true", help="one budget counted in parameters")
+    p.add_argument("--retain-sample", type=int, default=None, help="retain examples for the scores (default 2048 GPU / 512 CPU)")
+    p.add_argument("--greedy-passes", type=int, default=1)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(prog="python -m mape", description="Module-aware parameter-efficient machine unlearning.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+    p = sub.add_parser("presets", help="list presets and whether each can run here")
+    p.add_argument("--data", default=None)
+    p = sub.add_parser("prepare", help="train and cache the original model")
+    _data_args(p)
+    p = sub.add_parser("unlearn", help="run MAPE unlearning and write a results JSON")
+    _data_args(p)
+    _method_args(p)
+    p.add_argument("--out", required=True, help="results JSON path")
+    return parser
+
+
+def cmd_presets(args) -> int:
+    from mape.presets import PRESETS
+
+    for p in PRESETS.values():
+        ok, why = p.availability(args.data)
+        print(f"{p.name:15s} {p.kind:9s} {'yes' if ok else 'no ':3s}  {p.title} — {why}")
+    return 0
+
+
+def _prepare(args):
+    from mape.pipeline import prepare
+
+    progress = TqdmProgress(not args.quiet)
+    try:
+        return prepare(args.preset, args.data, args.train_limit, args.device, args.model, progress)
+    finally:
+        progress.close()
+
+
+def cmd_prepare(args) -> int:
+    ws = _prepare(args)
+    print(f"{ws.preset.name}: original model ready ({len(ws.dataset.train)} train / {len(ws.dataset.test)} test, "
+          f"{ws.total_params:,} parameters, cache key {ws.key}, device {ws.device})")
+    return 0
+
+
+def _write_json(path: str, payload: dict) -> None:
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=1, default=float))
+    os.replace(tmp, out)
+
+
+def _summary(result) -> str:
+    m = result.metrics
+    rows = []
+    for name, vals in m.items():
+        rows.append(f"  {name:10s} forget {vals['forget_acc']:.3f}  retain {vals['retain_acc']:.3f}  "
+                    f"test {vals['test_acc']:.3f}  mia {vals['mia']:.3f}")
+    gap = result.gap_to_retrain
+    tail = f"\n  gap to retrain: original {gap['original']:.4f}, unlearned {gap['unlearned']:.4f}" if gap else ""
+    return (f"{result.preset} · {result.forget['spec']} ({result.forget['size']} examples) · "
+            f"search {result.timing['search_s']:.1f}s, update {result.timing['update_s']:.1f}s, "
+            f"{result.params['changed']:,}/{result.params['total']:,} parameters changed, "
+            f"{result.selection['swaps']} swaps, step {result.update['step']}\n" + "\n".join(rows) + tail)
+
+
+def cmd_unlearn(args) -> int:
+    from mape.pipeline import UnlearnConfig, unlearn_successively
+
+    config = UnlearnConfig(objective=args.objective, sparsity=args.sparsity, update=args.update, step=args.step,
+                           seed=args.seed, retrain=args.retrain, joint_budget=args.joint_budget,
+                           retain_sample=args.retain_sample, greedy_passes=args.greedy_passes)
+    config.validate()  # before any slow work
+    ws = _prepare(args)
+    progress = TqdmProgress(not args.quiet)
+    try:
+        results = unlearn_successively(ws, args.forget, config, progress)
+    finally:
+        progress.close()
+    final = results[-1]
+    _write_json(args.out, final.to_json())
+    for r in results:
+        print(_summary(r))
+    print(f"wrote {args.out}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        return {"presets": cmd_presets, "prepare": cmd_prepare, "unlearn": cmd_unlearn}[args.command](args)
+    except MapeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except MemoryError:
+        print("error: out of memory; try a smaller --retain-sample or --train-limit", file=sys.stderr)
+        return 2
+    except Exception as exc:  # noqa: BLE001 - last line of defence: no traceback for users
+        if os.environ.get("MAPE_DEBUG"):
+            raise
+        if "out of memory" in str(exc).lower():
+            print("error: the GPU ran out of memory; try --device cpu or a smaller --retain-sample", file=sys.stderr)
+            return 2
+        print(f"error: unexpected {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
+              f"(set MAPE_DEBUG=1 for the traceback)", file=sys.stderr)
+        return 1

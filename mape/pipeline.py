@@ -1,0 +1,353 @@
+"""Orchestration: prepare a preset (original model, cached) and run unlearning requests on it.
+
+    ws = prepare("minilm-bbc")                       # trains on first use, then loads from the cache
+    result = unlearn(ws, "class:sport", UnlearnConfig(retrain=True))
+    result.to_json()                                  # the CLI's / app's results JSON
+
+``Workspace`` holds the dataset, the encoded splits and the original model once per process; every
+run works on its own copy of the network, so the shared original is never modified.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+
+from mape import cache
+from mape.errors import MapeError
+from mape.forget import ForgetSet, select_forget
+from mape.metrics import accuracy, gap_to_retrain, mia_efficacy
+from mape.models import Encoded, TaskModel, parameter_count
+from mape.presets import Preset, build_start_model, custom_preset, get_preset, load_dataset_for
+from mape.scoring import OBJECTIVES, sample_retain
+from mape.search import Selection, search
+from mape.train import train
+from mape.update import (UPDATES, MaskedParams, Target, UpdateReport, iterative_update, so_direction,
+                         so_update)
+
+Progress = Callable[..., None]   # progress(stage: str, fraction: float, selection: Selection | None = None)
+
+RETAIN_EVAL_SIZE = 1000   # the fixed retain sample for retain accuracy / MIA
+CHECK_SIZE = 128          # forget / retain check samples for the auto step size
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise MapeError("--device cuda was asked for but no CUDA GPU is available; use --device cpu or auto.")
+    if device not in ("cpu", "cuda"):
+        raise MapeError(f"Unknown device '{device}'; use auto, cpu or cuda.")
+    return torch.device(device)
+
+
+def device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+
+
+@dataclass
+class UnlearnConfig:
+    objective: str = "mlr"
+    sparsity: float = 0.9
+    update: str = "so"
+    step: str | float = "auto"       # "auto", η for so, or a number of steps for ga/gd/rl/npo
+    seed: int = 0
+    retrain: bool = False
+    joint_budget: bool = False
+    greedy_passes: int = 1
+    retain_sample: int | None = None  # None: 2,048 on a GPU, 512 on a CPU
+    batch_size: int = 32
+    tolerance: float = 0.02
+    damping: float = 1.0
+    lr: float | None = None          # iterative rules; None: the preset's training lr
+
+    def validate(self) -> None:
+        if self.objective not in OBJECTIVES:
+            raise MapeError(f"Unknown objective '{self.objective}'; choose one of {', '.join(OBJECTIVES)}.")
+        if self.update not in UPDATES:
+            raise MapeError(f"Unknown update rule '{self.update}'; choose one of {', '.join(UPDATES)}.")
+        if not (isinstance(self.sparsity, (int, float)) and 0 < self.sparsity < 1):
+            raise MapeError(f"Sparsity must be a number strictly between 0 and 1, got {self.sparsity!r}.")
+        if self.step != "auto":
+            try:
+                value = float(self.step)
+            except (TypeError, ValueError):
+                raise MapeError(f"Step must be 'auto' or a number, got {self.step!r}.") from None
+            if not np.isfinite(value) or value <= 0:
+                raise MapeError(f"Step must be a positive number, got {self.step!r}.")
+            if self.update != "so" and value != int(value):
+                raise MapeError(f"For update '{self.update}' the step is a whole number of steps, got {self.step!r}.")
+            self.step = value if self.update == "so" else int(value)
+        if self.retain_sample is not None and self.retain_sample < 1:
+            raise MapeError("The retain sample size must be at least 1.")
+
+
+class Workspace:
+    """A prepared preset: dataset, encoded splits and the original model (trained once, cached)."""
+
+    def __init__(self, preset: Preset, dataset, task: TaskModel, device: torch.device, key: str,
+                 train_limit: int | None):
+        self.preset, self.dataset, self.task, self.device = preset, dataset, task, device
+        self.key, self.train_limit = key, train_limit
+        self.train_enc: Encoded = task.encode(dataset.train)
+        self.test_enc: Encoded = task.encode(dataset.test)
+        self.train_y = np.asarray(dataset.train.y)
+        self.test_y = np.asarray(dataset.test.y)
+        self._probs: dict[int, np.ndarray] = {}
+        self._test_probs: np.ndarray | None = None
+        self.total_params = parameter_count(task.model)
+
+    def original_train_probs(self, idx: np.ndarray) -> np.ndarray:
+        """Original-model probabilities for training examples (memoised)."""
+        missing = np.array([i for i in idx if int(i) not in self._probs], dtype=np.int64)
+        if len(missing):
+            probs = self.task.predict_proba(self.train_enc.take(missing))
+            self._probs.update(zip(missing.tolist(), probs))
+        return np.stack([self._probs[int(i)] for i in idx]) if len(idx) else np.zeros((0, len(self.dataset.classes)))
+
+    def original_test_probs(self) -> np.ndarray:
+        if self._test_probs is None:
+            self._test_probs = self.task.predict_proba(self.test_enc)
+        return self._test_probs
+
+    def retain_eval_indices(self, forgotten: np.ndarray) -> np.ndarray:
+        """The fixed retain sample (seed 1234) with the forgotten examples left out."""
+        rng = np.random.default_rng(1234)
+        order = rng.permutation(len(self.train_y))
+        keep = order[~np.isin(order, forgotten)]
+        return np.sort(keep[:RETAIN_EVAL_SIZE])
+
+
+def _model_key(preset: Preset, dataset, train_limit) -> dict:
+    y = np.asarray(dataset.train.y)
+    fingerprint = hashlib.sha256(y.tobytes() + str(len(dataset.test)).encode()).hexdigest()[:12]
+    return {"preset": preset.name, "model": preset.model_id, "data": preset.dataset_id,
+            "recipe": preset.recipe.to_json(), "max_length": preset.max_length, "vit": preset.vit_config,
+            "n_train": len(y), "labels": fingerprint, "train_limit": train_limit}
+
+
+def _train_or_load(kind: str, key: str, build: Callable[[], TaskModel], data: Encoded, preset: Preset,
+                   device, progress: Progress | None, stage: str, meta: dict) -> tuple[TaskModel, bool]:
+    task = build()
+    if cache.load_model(kind, key, task.model) is not None:
+        return task.to(device), True
+    task = build().to(device)  # fresh start (a failed load may have half-filled the first one)
+    t0 = time.perf_counter()
+    train(task, data, preset.recipe, progress=progress, stage=stage)
+    cache.save_model(kind, key, task.model, {**meta, "train_s": time.perf_counter() - t0})
+    return task, False
+
+
+def prepare(preset_name: str = "minilm-bbc", data_dir: str | None = None, train_limit: int | None = None,
+            device: str = "auto", model: str | None = None, progress: Progress | None = None) -> Workspace:
+    """Load a preset's data and its original model, training and caching it on first use."""
+    dev = resolve_device(device)
+    preset = custom_preset(model, data_dir) if model else get_preset(preset_name)
+    ok, why = preset.availability(data_dir)
+    if not ok and preset.kind != "hub":
+        raise MapeError(f"Preset '{preset.name}' cannot run here: {why}.")
+    if train_limit is not None and train_limit < 2:
+        raise MapeError("--train-limit must be at least 2.")
+    dataset = load_dataset_for(preset, data_dir, train_limit)
+    classes = dataset.classes
+    spec = _model_key(preset, dataset, train_limit)
+    key = cache.cache_key(spec)
+    if preset.finetuned:
+        task = build_start_model(preset, classes, finetuned=True).to(dev)
+    else:
+        builder = lambda: build_start_model(preset, classes)  # noqa: E731
+        probe = builder()
+        enc = probe.encode(dataset.train)
+        task, _ = _train_or_load("original", key, builder, enc, preset, dev, progress,
+                                 "training the original model", spec)
+    if progress:
+        progress("original model ready", 1.0)
+    return Workspace(preset, dataset, task, dev, key, train_limit)
+
+
+@dataclass
+class RunResult:
+    preset: str
+    forget: dict
+    config: dict
+    metrics: dict
+    gap_to_retrain: dict | None
+    selection: dict
+    timing: dict
+    params: dict
+    device: str
+    update: dict
+    memory: dict = field(default_factory=dict)
+    history: list = field(default_factory=list)
+    # not serialised: objects the app uses for predictions, attributions and downloads
+    unlearned: TaskModel | None = field(default=None, repr=False)
+    retrained: TaskModel | None = field(default=None, repr=False)
+    selection_obj: Selection | None = field(default=None, repr=False)
+    forget_set: ForgetSet | None = field(default=None, repr=False)
+
+    def to_json(self) -> dict:
+        keys = ("preset", "forget", "config", "metrics", "gap_to_retrain", "selection", "timing", "params",
+                "device", "update", "memory", "history")
+        out = {k: getattr(self, k) for k in keys}
+        if out["gap_to_retrain"] is None:
+            del out["gap_to_retrain"]
+        return out
+
+
+def _model_metrics(ws: Workspace, forget: ForgetSet, probs_forget, probs_retain, retain_idx, probs_test,
+                   seed: int) -> dict:
+    fy, ry, ty = ws.train_y[forget.indices], ws.train_y[retain_idx], ws.test_y
+    out = {"forget_acc": accuracy(probs_forget, fy), "retain_acc": accuracy(probs_retain, ry)}
+    if forget.forget_class is not None:
+        other = ty != forget.forget_class
+        out["test_acc"] = accuracy(probs_test[other], ty[other])
+        out["test_forget_class_acc"] = accuracy(probs_test[~other], ty[~other])
+    else:
+        out["test_acc"] = accuracy(probs_test, ty)
+    out["mia"] = mia_efficacy(probs_retain, ry, probs_test, ty, probs_forget, fy, seed=seed)
+    return out
+
+
+def evaluate_model(ws: Workspace, task: TaskModel, forget: ForgetSet, retain_idx: np.ndarray, seed: int) -> dict:
+    return _model_metrics(ws, forget, task.predict_proba(ws.train_enc.take(forget.indices)),
+                          task.predict_proba(ws.train_enc.take(retain_idx)),
+                          retain_idx, task.predict_proba(ws.test_enc), seed)
+
+
+def forget_target(ws: Workspace, forget: ForgetSet) -> float:
+    """Forget accuracy a model that never saw D_f would score: 0 for a whole class, else the original's
+    held-out accuracy per class weighted by the forget set's class mix."""
+    if forget.forget_class is not None:
+        return 0.0
+    probs, ty = ws.original_test_probs(), ws.test_y
+    correct = probs.argmax(1) == ty
+    fy = ws.train_y[forget.indices]
+    accs = [correct[ty == c].mean() if (ty == c).any() else correct.mean() for c in fy]
+    return float(np.mean(accs))
+
+
+def retrain_model(ws: Workspace, forgotten: np.ndarray, progress: Progress | None = None) -> tuple[TaskModel, float]:
+    """Train from the same start on D_r only with the same recipe (cached per forget set)."""
+    preset = ws.preset
+    retain = np.setdiff1d(np.arange(len(ws.train_y)), forgotten)
+    digest = hashlib.sha256(np.asarray(np.sort(forgotten), dtype=np.int64).tobytes()).hexdigest()[:16]
+    key = cache.cache_key({"original": ws.key, "forget": digest})
+    t0 = time.perf_counter()
+    builder = lambda: build_start_model(preset, ws.dataset.classes)  # noqa: E731
+    task, _ = _train_or_load("retrain", key, builder, ws.train_enc.take(retain), preset, ws.device, progress,
+                             "retraining without the forget set", {"forget": digest, "original": ws.key})
+    return task, time.perf_counter() - t0
+
+
+def _peak_memory_reset(device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def _peak_memory(device) -> dict:
+    if device.type == "cuda":
+        return {"peak_gpu_mb": round(torch.cuda.max_memory_allocated(device) / 2**20, 1)}
+    try:
+        import resource
+
+        return {"peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+    except Exception:  # pragma: no cover - non-Unix
+        return {}
+
+
+def unlearn(ws: Workspace, forget_spec: str | ForgetSet, config: UnlearnConfig | None = None,
+            progress: Progress | None = None, base: TaskModel | None = None,
+            already_forgotten: np.ndarray | None = None) -> RunResult:
+    """One unlearning request: search masks, update the selected units, measure.
+
+    ``base`` (default: a copy of the original) is the model to unlearn from; successive requests pass
+    the previous result's model and the indices forgotten so far.
+    """
+    config = config or UnlearnConfig()
+    config.validate()
+    forget = forget_spec if isinstance(forget_spec, ForgetSet) else select_forget(forget_spec, ws.dataset, config.seed)
+    forgotten = np.union1d(forget.indices, already_forgotten) if already_forgotten is not None else forget.indices
+    retain_all = np.setdiff1d(np.arange(len(ws.train_y)), forgotten)
+    if len(retain_all) == 0:
+        raise MapeError("Nothing would be left to retain after this request.")
+    gen_size = config.retain_sample or (2048 if ws.device.type == "cuda" else 512)
+    retain_grad_idx = sample_retain(retain_all, gen_size, config.seed)
+    retain_eval_idx = ws.retain_eval_indices(forgotten)
+    torch.manual_seed(config.seed)
+    rng = np.random.default_rng(config.seed)
+
+    # original metrics (memoised predictions of the shared original model)
+    original = _model_metrics(ws, forget, ws.original_train_probs(forget.indices),
+                              ws.original_train_probs(retain_eval_idx), retain_eval_idx,
+                              ws.original_test_probs(), config.seed)
+    task = (base or ws.task).clone()
+    forget_enc = ws.train_enc.take(forget.indices)
+    retain_enc = ws.train_enc.take(retain_grad_idx)
+    check_f = forget_enc.take(np.sort(rng.choice(len(forget_enc), min(CHECK_SIZE, len(forget_enc)), replace=False)))
+    check_r = ws.train_enc.take(retain_eval_idx[:CHECK_SIZE])
+    from mape.update import accuracy as acc_of
+
+    def evaluate():
+        return acc_of(task, check_f), acc_of(task, check_r)
+
+    _peak_memory_reset(ws.device)
+    t0 = time.perf_counter()
+    sel, mg = search(task, forget_enc, retain_enc, config.objective, config.sparsity, config.joint_budget,
+                     config.greedy_passes, config.seed, config.batch_size, with_params=config.update == "so",
+                     progress=(lambda s, f, x=None: progress(s, f, x)) if progress else None)
+    t_search = time.perf_counter() - t0
+    masks_sel = (torch.as_tensor(sel.heads), torch.as_tensor(sel.filters))
+    from mape.adapters import unit_param_masks
+
+    mp = MaskedParams(unit_param_masks(task.adapter, *masks_sel))
+    _, ra0 = evaluate()
+    target = Target(forget_target(ws, forget), ra0, config.tolerance)
+    t1 = time.perf_counter()
+    if config.update == "so":
+        direction = so_direction(mp, mg.param_forget_grad, mg.param_retain_fisher, config.damping)
+        report = so_update(task, mp, direction, config.step, evaluate, target,
+                           progress=(lambda s, f: progress(s, f)) if progress else None)
+    else:
+        report = iterative_update(task, config.update, mp, forget_enc, retain_enc, config.step, evaluate, target,
+                                  lr=config.lr or ws.preset.recipe.lr, batch_size=config.batch_size,
+                                  seed=config.seed, progress=(lambda s, f: progress(s, f)) if progress else None)
+    t_update = time.perf_counter() - t1
+    memory = _peak_memory(ws.device)
+    if progress:
+        progress("measuring", 0.0)
+    unlearned = evaluate_model(ws, task, forget, retain_eval_idx, config.seed)
+    metrics = {"original": original, "unlearned": unlearned}
+    timing = {"search_s": round(t_search, 3), "update_s": round(t_update, 3),
+              "total_s": round(t_search + t_update, 3)}
+    gap, retrained = None, None
+    if config.retrain:
+        retrained, t_re = retrain_model(ws, forgotten, progress)
+        metrics["retrain"] = evaluate_model(ws, retrained, forget, retain_eval_idx, config.seed)
+        timing["retrain_s"] = round(t_re, 3)
+        gap = {name: gap_to_retrain(metrics[name], metrics["retrain"]) for name in ("original", "unlearned")}
+    return RunResult(
+        preset=ws.preset.name, forget={**forget.to_json()}, config=asdict(config), metrics=metrics,
+        gap_to_retrain=gap, selection=sel.to_json(), timing=timing,
+        params={"changed": report.params_changed, "selected": mp.count, "total": ws.total_params,
+                "changed_share": report.params_changed / ws.total_params},
+        device=device_name(ws.device), update=report.to_json(), memory=memory,
+        unlearned=task, retrained=retrained, selection_obj=sel, forget_set=forget)
+
+
+def unlearn_successively(ws: Workspace, specs: list[str], config: UnlearnConfig | None = None,
+                         progress: Progress | None = None) -> list[RunResult]:
+    """Several forget requests in a row on the same model, each with a fresh mask search."""
+    results, model, forgotten = [], None, None
+    for i, spec in enumerate(specs):
+        res = unlearn(ws, spec, config, progress, base=model, already_forgotten=forgotten)
+        forgotten = res.forget_set.indices if forgotten is None else np.union1d(forgotten, res.forget_set.indices)
+        model = res.unlearned
+        res.history = [{"request": j + 1, "spec": r.forget["spec"], "size": r.forget["size"],
+                        "metrics": r.metrics["unlearned"]} for j, r in enumerate(results + [res])]
+        results.append(res)
+    return results
