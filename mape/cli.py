@@ -81,6 +81,16 @@ def build_parser() -> argparse.ArgumentParser:
     _data_args(p)
     _method_args(p)
     p.add_argument("--out", required=True, help="results JSON path")
+    p = sub.add_parser("compare", help="compare MAPE with baselines and retraining over seeds (JSON + markdown)")
+    _data_args(p)
+    p.add_argument("--forget", default=None, help="forget set, e.g. random:128 or class:sport")
+    p.add_argument("--requests", default=None, help="successive requests 'spec1;spec2;...' (instead of --forget)")
+    p.add_argument("--methods", default="mape,mape-random,so,ft", help="comma-separated methods (retrain always runs)")
+    p.add_argument("--seeds", default="0", help="comma-separated seeds, e.g. 0,1,2")
+    p.add_argument("--relearn", type=int, default=5, help="relearn-test steps (0: off)")
+    p.add_argument("--sparsity", type=float, default=0.9, help="MAPE sparsity")
+    p.add_argument("--retain-sample", type=int, default=None, help="retain examples (default 2048 GPU / 512 CPU)")
+    p.add_argument("--out", required=True, help="results JSON path (the markdown table goes next to it, .md)")
     return parser
 
 
@@ -156,6 +166,10 @@ def cmd_unlearn(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
+        if args.command == "compare":
+            from mape.compare import cmd_compare
+
+            return cmd_compare(args, _prepare, TqdmProgress)
         return {"presets": cmd_presets, "prepare": cmd_prepare, "unlearn": cmd_unlearn}[args.command](args)
     except MapeError as exc:
         print(f"error: {exc}", file=sys.stderr)

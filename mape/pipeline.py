@@ -63,7 +63,7 @@ class UnlearnConfig:
     retain_sample: int | None = None  # None: 2,048 on a GPU, 512 on a CPU
     batch_size: int = 32
     tolerance: float = 0.02
-    damping: float = 1.0
+    damping: float = 0.01            # λ = damping · mean(Î_r over the selection)
     lr: float | None = None          # iterative rules; None: the preset's training lr
 
     def validate(self) -> None:
@@ -289,7 +289,7 @@ def unlearn(ws: Workspace, forget_spec: str | ForgetSet, config: UnlearnConfig |
     forget_enc = ws.train_enc.take(forget.indices)
     retain_enc = ws.train_enc.take(retain_grad_idx)
     check_f = forget_enc.take(np.sort(rng.choice(len(forget_enc), min(CHECK_SIZE, len(forget_enc)), replace=False)))
-    check_r = ws.train_enc.take(retain_eval_idx[:CHECK_SIZE])
+    check_r = ws.train_enc.take(np.sort(rng.choice(retain_eval_idx, min(CHECK_SIZE, len(retain_eval_idx)), replace=False)))
     from mape.update import accuracy as acc_of
 
     def evaluate():

@@ -181,6 +181,7 @@ def build_start_model(preset: Preset, classes: list[str], finetuned: bool = Fals
     or, with ``finetuned``, the published fine-tuned model itself."""
     import transformers as T
 
+    T.logging.set_verbosity_error()  # the load report lists the fresh classifier head as "missing"
     n = len(classes)
     labels = dict(id2label=dict(enumerate(classes)), label2id={c: i for i, c in enumerate(classes)})
     torch.manual_seed(preset.recipe.seed)

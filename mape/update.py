@@ -107,7 +107,7 @@ def accuracy(task: TaskModel, enc: Encoded, batch_size: int = 64) -> float:
     return float((probs.argmax(1) == enc.labels.numpy()).mean())
 
 
-def so_direction(mp: MaskedParams, grad_f: dict, fisher_r: dict, damping: float = 1.0) -> dict:
+def so_direction(mp: MaskedParams, grad_f: dict, fisher_r: dict, damping: float = 0.01) -> dict:
     """M ⊙ (Î_r + λ)⁻¹ ⊙ ∇θ L(D_f), scaled so that a unit step moves θ_M by ‖θ_M‖."""
     mean_f = sum(float(fisher_r[p][m].sum()) for p, m in mp.masks.items()) / max(mp.count, 1)
     lam = damping * mean_f + 1e-12
@@ -118,9 +118,11 @@ def so_direction(mp: MaskedParams, grad_f: dict, fisher_r: dict, damping: float 
     return {p: v * scale for p, v in d.items()}
 
 
-def _closeness(fa: float, ra: float, target: Target) -> tuple:
-    """Sort key for trials: feasible first, then forget accuracy closest to the target."""
-    return (not target.feasible(ra), abs(fa - target.forget_acc), -ra)
+def _closeness(fa: float, ra: float, target: Target, step: float = 0.0) -> tuple:
+    """Sort key for trials: feasible first, then forget accuracy closest to the target (within the
+    slack counts as on target), then the higher retain accuracy, then the smaller step."""
+    miss = max(0.0, abs(fa - target.forget_acc) - target.slack)
+    return (not target.feasible(ra), round(miss, 6), -round(ra, 6), step)
 
 
 def so_update(task: TaskModel, mp: MaskedParams, direction: dict, step, evaluate, target: Target,
@@ -155,7 +157,7 @@ def so_update(task: TaskModel, mp: MaskedParams, direction: dict, step, evaluate
                 hi = mid
             else:
                 lo = mid
-    best = min(trials, key=lambda t: _closeness(t["forget_acc"], t["retain_acc"], target))
+    best = min(trials, key=lambda t: _closeness(t["forget_acc"], t["retain_acc"], target, t["step"]))
     mp.set_offset(direction, best["step"])
     return UpdateReport("so", best["step"], True, trials, target.reached(best["forget_acc"])
                         and target.feasible(best["retain_acc"]), mp.changed())
@@ -229,7 +231,7 @@ def iterative_update(task: TaskModel, rule: str, mp: MaskedParams, forget: Encod
             if auto and (i % eval_every == 0 or i == n_steps):
                 fa, ra = evaluate()
                 trials.append({"step": i, "forget_acc": fa, "retain_acc": ra})
-                if best is None or _closeness(fa, ra, target) < _closeness(best[1], best[2], target):
+                if best is None or _closeness(fa, ra, target, i) < _closeness(best[1], best[2], target, chosen):
                     best, chosen = (mp.snapshot(), fa, ra), i
                 if target.reached(fa) or not target.feasible(ra):
                     break

@@ -1,0 +1,35 @@
+"""Shared fixtures: a private model cache and small, fast presets built on real models and data."""
+
+import os
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from mape.presets import PRESETS
+from mape.train import Recipe
+
+SHARED_DATA = Path(os.environ.get("MAPE_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data"))
+
+# Real MiniLM on real BBC News, short sequences and one epoch: trains in seconds on 2 cores.
+FAST_PRESETS = {
+    "test-minilm-bbc": replace(PRESETS["minilm-bbc"], name="test-minilm-bbc", max_length=32,
+                               recipe=Recipe(epochs=2, lr=2e-4, batch_size=16, freeze_embeddings=True)),
+    "test-vit-mnist": replace(PRESETS["vit-mnist"], name="test-vit-mnist",
+                              recipe=Recipe(epochs=4, lr=2e-3, batch_size=64, weight_decay=0.05)),
+}
+PRESETS.update(FAST_PRESETS)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _cache(tmp_path_factory):
+    if "MAPE_CACHE" not in os.environ:
+        os.environ["MAPE_CACHE"] = str(tmp_path_factory.mktemp("mape-cache"))
+    yield
+
+
+@pytest.fixture(scope="session")
+def bbc_ws():
+    from mape.pipeline import prepare
+
+    return prepare("test-minilm-bbc", train_limit=400, device="cpu")

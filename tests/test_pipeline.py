@@ -1,0 +1,105 @@
+"""End-to-end runs on a real pretrained MiniLM and real BBC News (small and fast)."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from mape import cache
+from mape.cli import main
+from mape.pipeline import UnlearnConfig, prepare, unlearn, unlearn_successively
+
+
+def _state(task):
+    return {k: v.detach().clone() for k, v in task.model.state_dict().items()}
+
+
+def test_class_forgetting_real_run(bbc_ws):
+    before = _state(bbc_ws.task)
+    res = unlearn(bbc_ws, "class:sport", UnlearnConfig(seed=0))
+    m = res.metrics
+    assert m["original"]["forget_acc"] > 0.8
+    assert m["unlearned"]["forget_acc"] <= 0.10
+    assert m["unlearned"]["test_acc"] >= m["original"]["test_acc"] - 0.06
+    assert "test_forget_class_acc" in m["unlearned"] and m["unlearned"]["test_forget_class_acc"] <= 0.2
+    assert 0 < res.params["changed"] <= 0.2 * res.params["total"]
+    assert np.asarray(res.selection["heads"]).shape == (6, 12)
+    assert np.asarray(res.selection["filters"]).shape == (6, 1536)
+    assert np.asarray(res.selection["heads"]).sum() == round(0.1 * 72)
+    assert np.asarray(res.selection["filters"]).sum() == round(0.1 * 6 * 1536)
+    # the shared original model is untouched
+    after = _state(bbc_ws.task)
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    # unlearned: only parameters of selected units differ
+    changed = {k for k, v in _state(res.unlearned).items() if not torch.equal(v, before[k])}
+    assert changed and all(".encoder.layer." in k for k in changed)
+    assert not any("embeddings" in k or "LayerNorm" in k or "classifier" in k or "pooler" in k for k in changed)
+
+
+def test_same_seed_same_result(bbc_ws):
+    cfg = dict(seed=3, step=0.05)
+    a = unlearn(bbc_ws, "random:24", UnlearnConfig(**cfg)).to_json()
+    b = unlearn(bbc_ws, "random:24", UnlearnConfig(**cfg)).to_json()
+    for key in ("forget", "selection", "metrics", "params"):
+        assert a[key] == b[key]
+
+
+def test_successive_requests_accumulate(bbc_ws):
+    results = unlearn_successively(bbc_ws, ["class:tech:20", "class:business:20"], UnlearnConfig(step=0.05))
+    assert len(results) == 2 and len(results[-1].history) == 2
+    assert results[1].history[0]["spec"] == "class:tech:20"
+    assert set(results[1].history[1]["metrics"]) >= {"forget_acc", "retain_acc", "test_acc", "mia"}
+    assert results[1].unlearned is not results[0].unlearned
+
+
+def test_retrain_is_cached_and_closer(bbc_ws):
+    res = unlearn(bbc_ws, "class:sport", UnlearnConfig(retrain=True))
+    assert res.metrics["retrain"]["forget_acc"] <= 0.05
+    assert res.gap_to_retrain["unlearned"] < res.gap_to_retrain["original"]
+    again = unlearn(bbc_ws, "class:sport", UnlearnConfig(retrain=True))
+    assert again.timing["retrain_s"] < res.timing["retrain_s"]  # loaded from the cache
+
+
+def test_cli_unlearn_writes_the_schema(tmp_path, capsys):
+    out = tmp_path / "r.json"
+    code = main(["unlearn", "--preset", "test-minilm-bbc", "--train-limit", "400", "--forget", "class:sport",
+                 "--device", "cpu", "--quiet", "--out", str(out)])
+    assert code == 0
+    r = json.loads(out.read_text())
+    assert r["preset"] == "test-minilm-bbc"
+    assert set(r["forget"]) >= {"spec", "size", "indices"} and r["forget"]["size"] == len(r["forget"]["indices"])
+    for name in ("original", "unlearned"):
+        assert set(r["metrics"][name]) >= {"forget_acc", "retain_acc", "test_acc", "mia", "test_forget_class_acc"}
+        assert all(0 <= v <= 1 for v in r["metrics"][name].values())
+    assert set(r["selection"]) >= {"heads", "filters", "swaps"}
+    assert set(r["timing"]) >= {"search_s", "update_s", "total_s"}
+    assert set(r["params"]) >= {"changed", "total"} and r["device"] == "CPU"
+    assert "gap_to_retrain" not in r
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["unlearn", "--preset", "nope", "--forget", "random:3", "--out", "x.json"], "Unknown preset"),
+    (["unlearn", "--preset", "test-minilm-bbc", "--train-limit", "400", "--forget", "class:weather", "--out", "x.json"], "class"),
+    (["unlearn", "--preset", "test-minilm-bbc", "--forget", "random:3", "--sparsity", "1.5", "--out", "x.json"], "Sparsity"),
+    (["unlearn", "--preset", "test-minilm-bbc", "--forget", "random:3", "--step", "fast", "--out", "x.json"], "Step"),
+    (["unlearn", "--preset", "test-minilm-bbc", "--forget", "random:3", "--objective", "best", "--out", "x.json"], "objective"),
+    (["unlearn", "--preset", "test-minilm-bbc", "--forget", "random:3"], "--out"),
+    (["unlearn", "--model", "not a model id!", "--data", "x", "--forget", "random:3", "--out", "x.json"], "neither"),
+])
+def test_cli_bad_input_exits_2_with_one_line(argv, message, capsys):
+    assert main(argv + ["--quiet"] if "--out" in argv else argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "\n" not in err and message in err and "Traceback" not in err
+
+
+def test_corrupt_cache_is_rebuilt(bbc_ws):
+    d = cache.entry_dir("original", bbc_ws.key)
+    weights = d / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    ws = prepare("test-minilm-bbc", train_limit=400, device="cpu")
+    assert cache.load_model("original", ws.key, ws.task.clone().model) is not None  # rebuilt and valid
+    a, b = _state(ws.task), _state(bbc_ws.task)
+    assert all(torch.equal(a[k], b[k]) for k in a)  # same seeded recipe → same weights
