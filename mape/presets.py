@@ -192,7 +192,8 @@ def build_start_model(preset: Preset, classes: list[str], finetuned: bool = Fals
     source = preset.model_id if (finetuned or not preset.base_model_id) else preset.base_model_id
     if source == "minilm":
         source = _minilm_dir()
-    kwargs = dict(use_safetensors=True, trust_remote_code=False)
+    # safetensors preferred; a legacy .bin is read by transformers with torch.load(weights_only=True)
+    kwargs = dict(trust_remote_code=False, dtype=torch.float32)
     if not finetuned:
         kwargs.update(num_labels=n, ignore_mismatched_sizes=True, **labels)
     if preset.modality == "image":

@@ -94,32 +94,35 @@ def block_cost(grad: torch.Tensor, batch_grads: torch.Tensor, n: int, frozen: to
 
 def refine_layer(grad: torch.Tensor, batch_grads: torch.Tensor, n: int, scores: np.ndarray,
                  selected: np.ndarray) -> tuple[np.ndarray, int]:
-    """One greedy pass of swaps for one layer; returns the new selected mask and the swap count."""
-    selected = selected.copy()
+    """One greedy pass of swaps for one layer; returns the new selected mask and the swap count.
+
+    Runs without host synchronisation inside the loop (accept/reject is a tensor), so on a GPU the
+    pass costs kernel launches only. Candidates outside the frozen set get +inf.
+    """
     device = batch_grads.device
     frozen = torch.as_tensor(~selected, device=device)
-    if frozen.sum() == 0 or selected.sum() == 0:
-        return selected, 0
-    s_frozen = batch_grads[:, frozen].sum(1)               # (B,)
-    g_frozen = grad[frozen].sum()
+    if bool(frozen.all()) or not bool(frozen.any()):
+        return selected.copy(), 0
+    fz = frozen.to(batch_grads.dtype)
+    s_frozen = (batch_grads * fz).sum(1)                     # (B,)
+    g_frozen = (grad * fz).sum()
     cost = g_frozen + 0.5 * (s_frozen * s_frozen).sum() / n
-    swaps = 0
+    swaps = torch.zeros((), dtype=torch.long, device=device)
+    inf = torch.tensor(float("inf"), dtype=grad.dtype, device=device)
     for u in np.argsort(scores, kind="stable"):
         if not selected[u]:
             continue
-        frozen_idx = torch.nonzero(frozen).squeeze(1)
-        s_new = (s_frozen + batch_grads[:, u])[:, None] - batch_grads[:, frozen_idx]   # (B, |P|)
-        cand = g_frozen + grad[u] - grad[frozen_idx] + 0.5 * (s_new * s_new).sum(0) / n
-        best = int(torch.argmin(cand))
-        if float(cand[best]) < float(cost):
-            v = int(frozen_idx[best])
-            frozen[u], frozen[v] = True, False
-            selected[u], selected[v] = False, True
-            s_frozen = s_new[:, best]
-            g_frozen = g_frozen + grad[u] - grad[v]
-            cost = cand[best]
-            swaps += 1
-    return selected, swaps
+        s_new = (s_frozen + batch_grads[:, u])[:, None] - batch_grads   # (B, U): swap u in, v out
+        cand = torch.where(frozen, g_frozen + grad[u] - grad + 0.5 * (s_new * s_new).sum(0) / n, inf)
+        best = torch.argmin(cand)
+        accept = cand[best] < cost
+        frozen[u] = frozen[u] | accept
+        frozen[best] = frozen[best] & ~accept
+        s_frozen = torch.where(accept, s_new[:, best], s_frozen)
+        g_frozen = torch.where(accept, g_frozen + grad[u] - grad[best], g_frozen)
+        cost = torch.where(accept, cand[best], cost)
+        swaps = swaps + accept.long()
+    return (~frozen).cpu().numpy(), int(swaps)
 
 
 def refine(grad: torch.Tensor, batch_grads: torch.Tensor, n: int, scores: np.ndarray,

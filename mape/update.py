@@ -120,9 +120,9 @@ def so_direction(mp: MaskedParams, grad_f: dict, fisher_r: dict, damping: float 
 
 def _closeness(fa: float, ra: float, target: Target, step: float = 0.0) -> tuple:
     """Sort key for trials: feasible first, then forget accuracy closest to the target (within the
-    slack counts as on target), then the higher retain accuracy, then the smaller step."""
+    slack counts as on target), then the smaller step: the least change that reaches the target."""
     miss = max(0.0, abs(fa - target.forget_acc) - target.slack)
-    return (not target.feasible(ra), round(miss, 6), -round(ra, 6), step)
+    return (not target.feasible(ra), round(miss, 6), step)
 
 
 def so_update(task: TaskModel, mp: MaskedParams, direction: dict, step, evaluate, target: Target,

@@ -248,3 +248,36 @@ def test_so_auto_step_picks_a_reported_trial():
     assert report.step in [t["step"] for t in report.trials]
     chosen = [t for t in report.trials if t["step"] == report.step][0]
     assert evaluate() == (chosen["forget_acc"], chosen["retain_acc"])
+
+
+def _reference_refine(G, S, n, scores, selected):
+    """Plain-Python statement of the greedy pass (SPEC §2), for comparison."""
+    selected = selected.copy()
+    cost = lambda sel: float(G[~sel].sum() + 0.5 * (S[:, ~sel].sum(1) ** 2).sum() / n)  # noqa: E731
+    swaps = 0
+    for u in [int(i) for i in np.argsort(scores, kind="stable") if selected[i]]:
+        current = cost(selected)
+        best_v, best_cost = None, None
+        for v in np.flatnonzero(~selected):
+            trial = selected.copy()
+            trial[u], trial[v] = False, True
+            c = cost(trial)
+            if best_cost is None or c < best_cost:
+                best_v, best_cost = v, c
+        if best_cost < current - 1e-12:
+            selected[u], selected[best_v] = False, True
+            swaps += 1
+    return selected, swaps
+
+
+def test_refinement_matches_the_plain_statement():
+    rng = np.random.default_rng(7)
+    for _ in range(10):
+        U, B, n = 16, 5, 40
+        G, S = rng.normal(size=U), rng.normal(size=(B, U)) * 2
+        scores = G + 0.5 * (S * S).sum(0) / n
+        sel = np.zeros(U, dtype=bool)
+        sel[np.argsort(-scores)[:4]] = True
+        fast, k_fast = refine_layer(torch.tensor(G), torch.tensor(S), n, scores, sel)
+        slow, k_slow = _reference_refine(G, S, n, scores, sel)
+        assert (fast == slow).all() and k_fast == k_slow
