@@ -163,6 +163,11 @@ def cmd_unlearn(args) -> int:
     return 0
 
 
+def _one_line(message: str) -> str:
+    """A message on one line: user text may hold any line separator (\\n, \\r, \\u2028, ...)."""
+    return " ".join(part.strip() for part in message.splitlines() if part.strip())
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
@@ -172,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_compare(args, _prepare, TqdmProgress)
         return {"presets": cmd_presets, "prepare": cmd_prepare, "unlearn": cmd_unlearn}[args.command](args)
     except MapeError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {_one_line(str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
@@ -186,6 +191,6 @@ def main(argv: list[str] | None = None) -> int:
         if "out of memory" in str(exc).lower():
             print("error: the GPU ran out of memory; try --device cpu or a smaller --retain-sample", file=sys.stderr)
             return 2
-        print(f"error: unexpected {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
+        print(f"error: unexpected {type(exc).__name__}: {_one_line(str(exc).split(chr(10))[0])} "
               f"(set MAPE_DEBUG=1 for the traceback)", file=sys.stderr)
         return 1

@@ -27,7 +27,7 @@ from mape.presets import Preset, build_start_model, custom_preset, get_preset, l
 from mape.scoring import OBJECTIVES, sample_retain
 from mape.search import Selection, search
 from mape.train import train
-from mape.update import (UPDATES, MaskedParams, Target, UpdateReport, iterative_update, so_direction,
+from mape.update import (UPDATES, MaskedParams, Target, iterative_update, so_direction,
                          so_update)
 
 Progress = Callable[..., None]   # progress(stage: str, fraction: float, selection: Selection | None = None)
@@ -67,11 +67,12 @@ class UnlearnConfig:
     lr: float | None = None          # iterative rules; None: the preset's training lr
 
     def validate(self) -> None:
-        if self.objective not in OBJECTIVES:
-            raise MapeError(f"Unknown objective '{self.objective}'; choose one of {', '.join(OBJECTIVES)}.")
-        if self.update not in UPDATES:
-            raise MapeError(f"Unknown update rule '{self.update}'; choose one of {', '.join(UPDATES)}.")
-        if not (isinstance(self.sparsity, (int, float)) and 0 < self.sparsity < 1):
+        if not isinstance(self.objective, str) or self.objective not in OBJECTIVES:
+            raise MapeError(f"Unknown objective {self.objective!r}; choose one of {', '.join(OBJECTIVES)}.")
+        if not isinstance(self.update, str) or self.update not in UPDATES:
+            raise MapeError(f"Unknown update rule {self.update!r}; choose one of {', '.join(UPDATES)}.")
+        if not (isinstance(self.sparsity, (int, float)) and not isinstance(self.sparsity, bool)
+                and 0 < self.sparsity < 1):
             raise MapeError(f"Sparsity must be a number strictly between 0 and 1, got {self.sparsity!r}.")
         if self.step != "auto":
             try:
@@ -83,8 +84,15 @@ class UnlearnConfig:
             if self.update != "so" and value != int(value):
                 raise MapeError(f"For update '{self.update}' the step is a whole number of steps, got {self.step!r}.")
             self.step = value if self.update == "so" else int(value)
-        if self.retain_sample is not None and self.retain_sample < 1:
-            raise MapeError("The retain sample size must be at least 1.")
+        if self.retain_sample is not None and (not _is_int(self.retain_sample) or self.retain_sample < 1):
+            raise MapeError(f"The retain sample size must be a whole number of at least 1, got {self.retain_sample!r}.")
+        if not _is_int(self.seed) or not 0 <= self.seed < 2**32:
+            raise MapeError(f"The seed must be a whole number in 0..{2**32 - 1}, got {self.seed!r}.")
+        self.seed = int(self.seed)
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
 class Workspace:
@@ -132,15 +140,19 @@ def _model_key(preset: Preset, dataset, train_limit) -> dict:
 
 
 def _train_or_load(kind: str, key: str, build: Callable[[], TaskModel], data: Encoded, preset: Preset,
-                   device, progress: Progress | None, stage: str, meta: dict) -> tuple[TaskModel, bool]:
+                   device, progress: Progress | None, stage: str, meta: dict) -> tuple[TaskModel, float, bool]:
+    """Load a cached model, or train and cache it. Returns (model, training seconds, from cache); for a
+    cached model the seconds are those recorded when it was trained."""
     task = build()
-    if cache.load_model(kind, key, task.model) is not None:
-        return task.to(device), True
+    cached = cache.load_model(kind, key, task.model)
+    if cached is not None:
+        return task.to(device), float(cached.get("train_s", float("nan"))), True
     task = build().to(device)  # fresh start (a failed load may have half-filled the first one)
     t0 = time.perf_counter()
     train(task, data, preset.recipe, progress=progress, stage=stage)
-    cache.save_model(kind, key, task.model, {**meta, "train_s": time.perf_counter() - t0})
-    return task, False
+    seconds = time.perf_counter() - t0
+    cache.save_model(kind, key, task.model, {**meta, "train_s": seconds})
+    return task, seconds, False
 
 
 def prepare(preset_name: str = "minilm-bbc", data_dir: str | None = None, train_limit: int | None = None,
@@ -163,11 +175,24 @@ def prepare(preset_name: str = "minilm-bbc", data_dir: str | None = None, train_
         builder = lambda: build_start_model(preset, classes)  # noqa: E731
         probe = builder()
         enc = probe.encode(dataset.train)
-        task, _ = _train_or_load("original", key, builder, enc, preset, dev, progress,
+        task, _, _ = _train_or_load("original", key, builder, enc, preset, dev, progress,
                                  "training the original model", spec)
     if progress:
         progress("original model ready", 1.0)
     return Workspace(preset, dataset, task, dev, key, train_limit)
+
+
+def json_safe(obj):
+    """Plain JSON values: NumPy scalars to Python, NaN/inf to null (strict JSON)."""
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if np.isfinite(obj) else None
+    if isinstance(obj, np.integer):
+        return int(obj)
+    return obj
 
 
 @dataclass
@@ -196,7 +221,7 @@ class RunResult:
         out = {k: getattr(self, k) for k in keys}
         if out["gap_to_retrain"] is None:
             del out["gap_to_retrain"]
-        return out
+        return json_safe(out)
 
 
 def _model_metrics(ws: Workspace, forget: ForgetSet, probs_forget, probs_retain, retain_idx, probs_test,
@@ -231,17 +256,44 @@ def forget_target(ws: Workspace, forget: ForgetSet) -> float:
     return float(np.mean(accs))
 
 
-def retrain_model(ws: Workspace, forgotten: np.ndarray, progress: Progress | None = None) -> tuple[TaskModel, float]:
-    """Train from the same start on D_r only with the same recipe (cached per forget set)."""
+def retrain_model(ws: Workspace, forgotten: np.ndarray, progress: Progress | None = None) -> tuple[TaskModel, float, bool]:
+    """Train from the same start on D_r only with the same recipe (cached per forget set).
+
+    Returns (model, training seconds, from cache); a cached model reports its recorded training time."""
     preset = ws.preset
     retain = np.setdiff1d(np.arange(len(ws.train_y)), forgotten)
     digest = hashlib.sha256(np.asarray(np.sort(forgotten), dtype=np.int64).tobytes()).hexdigest()[:16]
     key = cache.cache_key({"original": ws.key, "forget": digest})
-    t0 = time.perf_counter()
     builder = lambda: build_start_model(preset, ws.dataset.classes)  # noqa: E731
-    task, _ = _train_or_load("retrain", key, builder, ws.train_enc.take(retain), preset, ws.device, progress,
-                             "retraining without the forget set", {"forget": digest, "original": ws.key})
-    return task, time.perf_counter() - t0
+    return _train_or_load("retrain", key, builder, ws.train_enc.take(retain), preset, ws.device, progress,
+                          "retraining without the forget set", {"forget": digest, "original": ws.key})
+
+
+@dataclass
+class RequestSamples:
+    """The samples one request works on (seeded; shared by MAPE and the baselines)."""
+    forget_enc: Encoded
+    retain_all: np.ndarray      # every retain index
+    retain_enc: Encoded         # the retain sample for gradients / Fisher / retain batches
+    retain_eval_idx: np.ndarray  # the fixed retain sample for retain accuracy and MIA
+    check_f: Encoded            # forget check sample of the auto step size
+    check_r: Encoded            # retain check sample of the auto step size
+
+
+def request_samples(ws: Workspace, forget: ForgetSet, forgotten: np.ndarray, seed: int,
+                    retain_sample: int | None) -> RequestSamples:
+    retain_all = np.setdiff1d(np.arange(len(ws.train_y)), forgotten)
+    if len(retain_all) == 0:
+        raise MapeError("Nothing would be left to retain after this request.")
+    size = retain_sample or (2048 if ws.device.type == "cuda" else 512)
+    retain_eval_idx = ws.retain_eval_indices(forgotten)
+    rng = np.random.default_rng(seed)
+    forget_enc = ws.train_enc.take(forget.indices)
+    check_f = forget_enc.take(np.sort(rng.choice(len(forget_enc), min(CHECK_SIZE, len(forget_enc)), replace=False)))
+    check_r = ws.train_enc.take(np.sort(rng.choice(retain_eval_idx, min(CHECK_SIZE, len(retain_eval_idx)),
+                                                   replace=False)))
+    return RequestSamples(forget_enc, retain_all, ws.train_enc.take(sample_retain(retain_all, size, seed)),
+                          retain_eval_idx, check_f, check_r)
 
 
 def _peak_memory_reset(device) -> None:
@@ -272,28 +324,20 @@ def unlearn(ws: Workspace, forget_spec: str | ForgetSet, config: UnlearnConfig |
     config.validate()
     forget = forget_spec if isinstance(forget_spec, ForgetSet) else select_forget(forget_spec, ws.dataset, config.seed)
     forgotten = np.union1d(forget.indices, already_forgotten) if already_forgotten is not None else forget.indices
-    retain_all = np.setdiff1d(np.arange(len(ws.train_y)), forgotten)
-    if len(retain_all) == 0:
-        raise MapeError("Nothing would be left to retain after this request.")
-    gen_size = config.retain_sample or (2048 if ws.device.type == "cuda" else 512)
-    retain_grad_idx = sample_retain(retain_all, gen_size, config.seed)
-    retain_eval_idx = ws.retain_eval_indices(forgotten)
+    smp = request_samples(ws, forget, forgotten, config.seed, config.retain_sample)
+    retain_eval_idx = smp.retain_eval_idx
     torch.manual_seed(config.seed)
-    rng = np.random.default_rng(config.seed)
 
     # original metrics (memoised predictions of the shared original model)
     original = _model_metrics(ws, forget, ws.original_train_probs(forget.indices),
                               ws.original_train_probs(retain_eval_idx), retain_eval_idx,
                               ws.original_test_probs(), config.seed)
     task = (base or ws.task).clone()
-    forget_enc = ws.train_enc.take(forget.indices)
-    retain_enc = ws.train_enc.take(retain_grad_idx)
-    check_f = forget_enc.take(np.sort(rng.choice(len(forget_enc), min(CHECK_SIZE, len(forget_enc)), replace=False)))
-    check_r = ws.train_enc.take(np.sort(rng.choice(retain_eval_idx, min(CHECK_SIZE, len(retain_eval_idx)), replace=False)))
+    forget_enc, retain_enc = smp.forget_enc, smp.retain_enc
     from mape.update import accuracy as acc_of
 
     def evaluate():
-        return acc_of(task, check_f), acc_of(task, check_r)
+        return acc_of(task, smp.check_f), acc_of(task, smp.check_r)
 
     _peak_memory_reset(ws.device)
     t0 = time.perf_counter()
@@ -326,9 +370,10 @@ def unlearn(ws: Workspace, forget_spec: str | ForgetSet, config: UnlearnConfig |
               "total_s": round(t_search + t_update, 3)}
     gap, retrained = None, None
     if config.retrain:
-        retrained, t_re = retrain_model(ws, forgotten, progress)
+        retrained, t_re, cached = retrain_model(ws, forgotten, progress)
         metrics["retrain"] = evaluate_model(ws, retrained, forget, retain_eval_idx, config.seed)
         timing["retrain_s"] = round(t_re, 3)
+        timing["retrain_cached"] = cached
         gap = {name: gap_to_retrain(metrics[name], metrics["retrain"]) for name in ("original", "unlearned")}
     return RunResult(
         preset=ws.preset.name, forget={**forget.to_json()}, config=asdict(config), metrics=metrics,

@@ -24,7 +24,21 @@ from mape.errors import MapeError
 from mape.models import ImageFormat, TaskModel
 from mape.train import Recipe
 
-HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}(/[\w.-]{1,96})?$")
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]{0,95}(/[\w.-]{1,96})?", re.ASCII)
+
+
+def _is_hub_id(value) -> bool:
+    """``owner/name`` (or a legacy bare ``name``): ASCII word characters, '.', '-', no '..' (fullmatch)."""
+    return isinstance(value, str) and HUB_ID.fullmatch(value) is not None and ".." not in value
+
+
+def _is_folder(value) -> bool:
+    if not isinstance(value, str) or not value.strip():  # Path("") is the current folder
+        return False
+    try:
+        return Path(value).expanduser().is_dir()
+    except (OSError, ValueError, RuntimeError):  # name too long, NUL byte, unknown ~user
+        return False
 
 
 @dataclass
@@ -127,8 +141,8 @@ def custom_preset(model: str, data: str, modality: str | None = None, recipe: Re
                   max_length: int = 128) -> Preset:
     """Any model id or folder with any dataset id or folder (column names are detected)."""
     for what, value in (("model", model), ("dataset", data)):
-        if not Path(value).exists() and not HUB_ID.match(value):
-            raise MapeError(f"'{value}' is neither an existing folder nor a valid Hub {what} id (owner/name).")
+        if not _is_folder(value) and not _is_hub_id(value):
+            raise MapeError(f"{value!r} is neither an existing folder nor a valid Hub {what} id (owner/name).")
     return Preset("custom", f"{model} · {data}", "custom", modality or "text", "A custom model and dataset.",
                   model, data, recipe=recipe or Recipe(epochs=2, lr=5e-5, batch_size=16), max_length=max_length)
 
@@ -182,6 +196,7 @@ def build_start_model(preset: Preset, classes: list[str], finetuned: bool = Fals
     import transformers as T
 
     T.logging.set_verbosity_error()  # the load report lists the fresh classifier head as "missing"
+    T.logging.disable_progress_bar()
     n = len(classes)
     labels = dict(id2label=dict(enumerate(classes)), label2id={c: i for i, c in enumerate(classes)})
     torch.manual_seed(preset.recipe.seed)

@@ -22,14 +22,13 @@ import math
 from dataclasses import dataclass, field
 from typing import Callable
 
-import numpy as np
 import torch
 import torch.nn.functional as Fn
 
 from mape.models import Encoded, TaskModel
 
 UPDATES = ("so", "ga", "gd", "rl", "npo")
-SO_GRID = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
+SO_GRID = (0.01, 0.03, 0.1, 0.3, 1.0)   # relative step sizes tried in order, then bisection
 Progress = Callable[[str, float], None]
 
 
@@ -138,7 +137,7 @@ def so_update(task: TaskModel, mp: MaskedParams, direction: dict, step, evaluate
         fa, ra = evaluate()
         trials.append({"step": eta, "forget_acc": fa, "retain_acc": ra})
         if progress:
-            progress("step size", min(1.0, len(trials) / (len(SO_GRID) + 3)))
+            progress("step size", min(1.0, len(trials) / (len(SO_GRID) + 2)))
         return fa, ra
 
     lo = 0.0
@@ -150,7 +149,7 @@ def so_update(task: TaskModel, mp: MaskedParams, direction: dict, step, evaluate
             break
         lo = eta
     if hi is not None and lo > 0:
-        for _ in range(3):  # bisection in log space between the last two grid points
+        for _ in range(2):  # bisection in log space between the last two grid points
             mid = math.sqrt(lo * hi)
             fa, ra = trial(mid)
             if target.reached(fa) or not target.feasible(ra):

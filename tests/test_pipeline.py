@@ -66,7 +66,7 @@ def test_cli_unlearn_writes_the_schema(tmp_path, capsys):
     code = main(["unlearn", "--preset", "test-minilm-bbc", "--train-limit", "400", "--forget", "class:sport",
                  "--device", "cpu", "--quiet", "--out", str(out)])
     assert code == 0
-    r = json.loads(out.read_text())
+    r = json.loads(out.read_text(), parse_constant=lambda c: pytest.fail(f"non-strict JSON value {c}"))
     assert r["preset"] == "test-minilm-bbc"
     assert set(r["forget"]) >= {"spec", "size", "indices"} and r["forget"]["size"] == len(r["forget"]["indices"])
     for name in ("original", "unlearned"):

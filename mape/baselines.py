@@ -1,0 +1,471 @@
+"""Baselines for the comparison (SPEC §3), run on the same footing as MAPE.
+
+Every method starts from a copy of the original model (or of a previous request's result), sees the
+same forget set, the same seeded retain sample (2,048 on a GPU, 512 on a CPU) and the same forget /
+retain check samples as :func:`mape.pipeline.unlearn`, and reports the wall time of the procedure
+(gradient passes + update + step-size search; not the final measurement) and the number of
+parameter entries it changed.
+
+Methods (names as the CLI takes them):
+
+- ``mape`` (objective ``mlr``, update ``so``), ``mape-mlf``, ``mape-norm``, ``mape-random``
+  (MAPE with another objective at the same budget, sparsity 0.9), and ``mape+RULE`` /
+  ``mape-OBJ+RULE`` for another update rule (``mape+ga``, ``mape-norm+rl``, ...). These call
+  :func:`mape.pipeline.unlearn`.
+- ``so``, ``ga``, ``gd``, ``rl``, ``npo``: the same update rules on **all parameters of the Transformer
+  layers** (Q/K/V/O, FFN up/down, their biases and the layers' LayerNorms). Embeddings, the final
+  LayerNorm, pooler and classifier stay frozen, as they do for MAPE, so the comparison isolates the
+  choice of units. Step size ``auto`` with the same :class:`mape.update.Target` as MAPE; the
+  iterative rules (``ga``/``gd``/``rl``/``npo``, and SalUn) check the target after *every* step
+  (``eval_every=1``, up to ``max_steps=60``) rather than every 5th as MAPE's pipeline does: a full-
+  parameter ascent at the recipe's learning rate can overshoot within 5 steps, and the finer choice
+  can only favour the baselines.
+- ``salun``: SalUn. Saliency |∇θ L(D_f)| (mean forget loss) over the same parameters; the top
+  ``salun_fraction`` (default 50 %) of entries, ranked globally, form the mask; then ``rl`` (random
+  labels on D_f plus D_r) on that mask with the auto number of steps.
+- ``ssd``: selective synaptic dampening. Diagonal Fisher on D_f (F_f) and on the retain sample (F_r),
+  both per-example (``mape.scoring`` convention), over the same parameters; entries with
+  F_f > α·F_r are multiplied by min(λ·F_r/F_f, 1); α = 10, λ = 1. No step size (α, λ fixed), so the
+  result may miss the forget target; it never increases a parameter's magnitude.
+- ``ft``: fine-tune on all of D_r with the training recipe's optimiser (AdamW, lr, batch size, linear
+  schedule with warm-up, clipping, dropout on) for ``ft_epochs`` (default 1) epoch, optionally capped at
+  ``ft_max_steps``; every parameter the recipe trains may change (embeddings frozen when the recipe
+  freezes them). One epoch costs about 1/epochs of a retrain.
+- ``l1-sparse``: ``ft`` with an L1 penalty γ_t·‖W‖₁ on the weight matrices, applied as a proximal
+  (soft-threshold) step after each optimiser step, |w| ← max(|w| − lr_t·γ_t, 0), with γ_t decaying
+  linearly from ``l1_strength`` (default 0.5) to 0 over the run (Jia et al., 2023).
+- ``retrain``: the gold standard (:func:`mape.pipeline.retrain_model`, cached per forget set); its
+  time is the recorded training time of the cached model.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as Fn
+
+from mape.errors import MapeError
+from mape.forget import ForgetSet
+from mape.models import Encoded, TaskModel
+from mape.train import Recipe, _embedding_params
+from mape.update import (UPDATES, MaskedParams, Target, UpdateReport, accuracy, iterative_update,
+                         so_direction, so_update)
+
+Progress = Callable[[str, float], None]
+
+MAPE_OBJECTIVES = ("mlr", "mlf", "norm", "random")
+FULL_RULES = UPDATES  # so, ga, gd, rl, npo on all Transformer-layer parameters
+BASE_METHODS = ("mape", "mape-mlf", "mape-norm", "mape-random", "ft", "so", "ga", "gd", "rl", "npo",
+                "salun", "ssd", "l1-sparse", "retrain")
+DEFAULT_METHODS = ("mape", "mape-mlf", "mape-norm", "mape-random", "ft", "so", "ga", "gd", "rl", "salun",
+                   "ssd", "l1-sparse")
+_MAPE_RE = re.compile(r"^mape(?:-(?P<obj>[a-z]+))?(?:\+(?P<rule>[a-z]+))?$")
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    name: str
+    kind: str                 # mape | full | salun | ssd | ft | l1-sparse | retrain
+    objective: str | None = None
+    update: str | None = None
+
+
+def valid_methods_text() -> str:
+    return (", ".join(BASE_METHODS) + f"; or mape+RULE / mape-OBJECTIVE+RULE with RULE in {', '.join(UPDATES)} "
+            f"and OBJECTIVE in {', '.join(MAPE_OBJECTIVES)} (e.g. mape+ga)")
+
+
+def parse_method(name: str) -> MethodSpec:
+    """A method name as the CLI takes it; :class:`MapeError` listing the valid names otherwise."""
+    raw = name
+    name = (name or "").strip().lower()
+    m = _MAPE_RE.match(name)
+    if m:
+        obj, rule = m.group("obj") or "mlr", m.group("rule") or "so"
+        if obj in MAPE_OBJECTIVES and rule in UPDATES:
+            canonical = "mape" + ("" if obj == "mlr" else f"-{obj}") + ("" if rule == "so" else f"+{rule}")
+            return MethodSpec(canonical, "mape", obj, rule)
+    elif name in FULL_RULES:
+        return MethodSpec(name, "full", None, name)
+    elif name in ("salun", "ssd", "ft", "l1-sparse", "retrain"):
+        return MethodSpec(name, name, None, "rl" if name == "salun" else None)
+    raise MapeError(f"Unknown method {raw!r}; valid methods: {valid_methods_text()}.")
+
+
+def parse_methods(text: str | list[str]) -> list[MethodSpec]:
+    """A comma-separated list (or a list) of method names, de-duplicated in order."""
+    names = [t.strip() for t in (text.split(",") if isinstance(text, str) else text)]
+    names = [t for t in names if t]
+    if not names:
+        raise MapeError(f"No methods given; valid methods: {valid_methods_text()}.")
+    out, seen = [], set()
+    for n in names:
+        spec = parse_method(n)
+        if spec.name not in seen:
+            seen.add(spec.name)
+            out.append(spec)
+    return out
+
+
+@dataclass
+class BaselineConfig:
+    sparsity: float = 0.9               # MAPE variants
+    retain_sample: int | None = None    # None: 2,048 on a GPU, 512 on a CPU (as unlearn)
+    batch_size: int = 32
+    tolerance: float = 0.02             # auto step: allowed retain-accuracy drop
+    damping: float | None = None        # so: None = the engine's default (UnlearnConfig.damping)
+    lr: float | None = None             # iterative rules; None: the recipe's lr
+    max_steps: int = 60                 # iterative rules, auto number of steps
+    eval_every: int = 1                 # full-parameter iterative rules / SalUn: check after every step
+    ft_epochs: int = 1                  # ft / l1-sparse
+    ft_max_steps: int | None = None     # cap on ft / l1-sparse optimiser steps (None: whole epochs)
+    l1_strength: float = 0.5            # l1-sparse: γ_0 (shrink per step = lr_t·γ_t)
+    salun_fraction: float = 0.5         # SalUn: share of parameter entries in the saliency mask
+    ssd_alpha: float = 10.0             # SSD selection threshold α
+    ssd_lambda: float = 1.0             # SSD dampening constant λ
+
+    def validate(self) -> None:
+        if not 0 < self.sparsity < 1:
+            raise MapeError(f"Sparsity must be strictly between 0 and 1, got {self.sparsity!r}.")
+        if not 0 < self.salun_fraction <= 1:
+            raise MapeError(f"The SalUn fraction must be in (0, 1], got {self.salun_fraction!r}.")
+        if self.ssd_alpha <= 0 or self.ssd_lambda <= 0:
+            raise MapeError("SSD's alpha and lambda must be positive.")
+        if self.ft_epochs < 1 or (self.ft_max_steps is not None and self.ft_max_steps < 1):
+            raise MapeError("ft needs at least one epoch and one step.")
+        if self.retain_sample is not None and self.retain_sample < 1:
+            raise MapeError("The retain sample size must be at least 1.")
+        if self.max_steps < 1 or self.eval_every < 1:
+            raise MapeError("max_steps and eval_every must be at least 1.")
+
+
+@dataclass
+class MethodRun:
+    """One method applied to one request: the resulting model and what it cost."""
+    method: str
+    task: TaskModel
+    time_s: float
+    params_changed: int
+    details: dict = field(default_factory=dict)
+    metrics: dict | None = None   # already measured (MAPE runs measure themselves)
+
+
+# --------------------------------------------------------------------------- shared pieces
+
+
+def layer_params(task: TaskModel) -> list[torch.nn.Parameter]:
+    """All parameters of the Transformer layers (the full-parameter baselines' scope)."""
+    from mape.adapters import LAYOUTS, _first
+
+    a = task.adapter
+    layers = _first(task.model, LAYOUTS[a.arch]["layers"])
+    if layers is None:  # pragma: no cover - the adapter found them a moment ago
+        raise MapeError("Cannot find the Transformer layers of this model.")
+    return [p for p in layers.parameters()]
+
+
+def full_masks(task: TaskModel) -> dict[torch.nn.Parameter, torch.Tensor]:
+    return {p: torch.ones_like(p, dtype=torch.bool) for p in layer_params(task)}
+
+
+def count_changed(before: torch.nn.Module, after: torch.nn.Module) -> int:
+    """Parameter entries that differ between two copies of the same network."""
+    total = 0
+    with torch.no_grad():
+        for p, q in zip(before.parameters(), after.parameters()):
+            total += int((p.detach() != q.detach().to(p.device)).sum())
+    return total
+
+
+def param_stats(task: TaskModel, enc: Encoded, params: list, mode: str, batch_size: int) -> dict:
+    """Per parameter: ``grad`` = ∇ of the mean loss, ``fisher`` = per-example diagonal Fisher
+    (Σ_b s_b² / N with s_b the summed-loss gradient of batch b; see ``mape.scoring``)."""
+    from mape.scoring import _gate_pass
+
+    _, _, acc = _gate_pass(task, enc, batch_size, False, params, mode, None, mode)
+    return acc
+
+
+@dataclass
+class _Context:
+    forget: ForgetSet
+    forget_enc: Encoded
+    retain_all: np.ndarray
+    retain_enc: Encoded        # the seeded retain sample (gradients / Fisher / retain batches)
+    check_f: Encoded
+    check_r: Encoded
+    target: Target | None = None
+
+
+def _context(ws, forget: ForgetSet, seed: int, config: BaselineConfig, forgotten: np.ndarray) -> _Context:
+    """The same samples :func:`mape.pipeline.unlearn` draws for this seed."""
+    from mape.pipeline import request_samples
+
+    smp = request_samples(ws, forget, forgotten, seed, config.retain_sample)
+    return _Context(forget, smp.forget_enc, smp.retain_all, smp.retain_enc, smp.check_f, smp.check_r)
+
+
+def _evaluator(task: TaskModel, ctx: _Context):
+    return lambda: (accuracy(task, ctx.check_f), accuracy(task, ctx.check_r))
+
+
+# --------------------------------------------------------------------------- SalUn and SSD
+
+
+def salun_mask(task: TaskModel, forget_enc: Encoded, fraction: float = 0.5, batch_size: int = 32,
+               params: list | None = None) -> dict[torch.nn.Parameter, torch.Tensor]:
+    """SalUn's saliency mask: the top ``fraction`` of entries by |∇θ L(D_f)|, ranked globally over
+    ``params`` (default: the Transformer layers). Exactly round(fraction · N) entries are selected."""
+    params = params if params is not None else layer_params(task)
+    grads = param_stats(task, forget_enc, params, "grad", batch_size)
+    flat = torch.cat([grads[p].abs().reshape(-1).float().cpu() for p in params])
+    n = flat.numel()
+    k = int(round(fraction * n))
+    chosen = torch.zeros(n, dtype=torch.bool)
+    if k >= n:
+        chosen[:] = True
+    elif k > 0:
+        thr = torch.kthvalue(flat, n - k + 1).values  # the k-th largest value
+        chosen = flat > thr
+        ties = torch.nonzero(flat == thr).squeeze(1)
+        chosen[ties[: k - int(chosen.sum())]] = True
+    masks, start = {}, 0
+    for p in params:
+        masks[p] = chosen[start:start + p.numel()].view_as(p).to(p.device)
+        start += p.numel()
+    return masks
+
+
+@dataclass
+class SSDReport:
+    alpha: float
+    lam: float
+    selected: int           # entries with F_f > α·F_r
+    candidates: int         # entries considered
+    mean_factor: float      # mean dampening factor over the selected entries
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+@torch.no_grad()
+def ssd_dampen(task: TaskModel, forget_enc: Encoded, retain_enc: Encoded, alpha: float = 10.0, lam: float = 1.0,
+               batch_size: int = 32, params: list | None = None, fishers: tuple[dict, dict] | None = None) -> SSDReport:
+    """Selective synaptic dampening in place: θ ← θ · min(λ F_r / F_f, 1) where F_f > α F_r."""
+    params = params if params is not None else layer_params(task)
+    if fishers is None:
+        with torch.enable_grad():
+            ff = param_stats(task, forget_enc, params, "fisher", batch_size)
+            fr = param_stats(task, retain_enc, params, "fisher", batch_size)
+    else:
+        ff, fr = fishers
+    selected, total, factor_sum = 0, 0, 0.0
+    for p in params:
+        sel = ff[p] > alpha * fr[p]
+        beta = torch.where(sel, (lam * fr[p] / ff[p].clamp_min(1e-30)).clamp(max=1.0), torch.ones_like(ff[p]))
+        if bool(sel.any()):
+            p.copy_(torch.where(sel, p * beta.to(p.dtype), p))
+        selected += int(sel.sum())
+        total += p.numel()
+        factor_sum += float(beta[sel].sum())
+    return SSDReport(alpha, lam, selected, total, factor_sum / selected if selected else 1.0)
+
+
+# --------------------------------------------------------------------------- fine-tuning
+
+
+def finetune(task: TaskModel, data: Encoded, recipe: Recipe, epochs: int = 1, max_steps: int | None = None,
+             l1: float = 0.0, seed: int = 0, progress: Progress | None = None, stage: str = "ft") -> int:
+    """Fine-tune in place like :func:`mape.train.train` (AdamW, linear schedule with warm-up, clipping,
+    dropout on), for ``epochs`` epochs or ``max_steps`` steps; ``l1`` > 0 adds the proximal L1 step on
+    the weight matrices with γ decaying linearly to 0. Returns the number of optimiser steps."""
+    model, device = task.model, task.device
+    frozen = _embedding_params(model) if recipe.freeze_embeddings else set()
+    params = [p for p in model.parameters() if p not in frozen]
+    saved = [p.requires_grad for p in model.parameters()]
+    for p in model.parameters():
+        p.requires_grad_(p not in frozen)
+    decay = [p for p in params if p.dim() > 1]
+    no_decay = [p for p in params if p.dim() <= 1]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": recipe.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=recipe.lr)
+    steps_per_epoch = (len(data) + recipe.batch_size - 1) // recipe.batch_size
+    total = max(1, steps_per_epoch * epochs)
+    if max_steps is not None:
+        total = min(total, max_steps)
+    warm = max(1, int(recipe.warmup * total))
+    sched_fn = lambda s: min((s + 1) / warm, max(0.0, (total - s) / max(1, total - warm)))  # noqa: E731
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, sched_fn)
+    torch.manual_seed(seed)
+    model.train()
+    step = 0
+    try:
+        for epoch in range(epochs):
+            for x, y in data.batches(recipe.batch_size, device, shuffle_seed=seed * 1000 + epoch):
+                loss = Fn.cross_entropy(task.logits(x).float(), y)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(params, 1.0)
+                lr_now = opt.param_groups[0]["lr"]
+                opt.step()
+                sched.step()
+                if l1 > 0:
+                    shrink = lr_now * l1 * (1.0 - step / total)
+                    with torch.no_grad():
+                        for p in decay:
+                            p.copy_(torch.sign(p) * (p.abs() - shrink).clamp_min(0))
+                step += 1
+                if progress:
+                    progress(stage, step / total)
+                if step >= total:
+                    break
+            if step >= total:
+                break
+    finally:
+        model.eval()
+        for p, flag in zip(model.parameters(), saved):
+            p.requires_grad_(flag)
+            p.grad = None
+    return step
+
+
+def relearn_curve(task: TaskModel, forget_enc: Encoded, steps: int = 5, recipe: Recipe | None = None,
+                  max_eval: int | None = 512) -> list[float]:
+    """Relearn test: accuracy on D_f before and after each of ``steps`` fine-tuning steps on D_f with
+    the recipe's optimiser (AdamW, its lr, weight decay and batch size, constant lr, dropout on).
+    Works on a copy; returns ``steps + 1`` accuracies (index 0 = before relearning), measured on D_f
+    or, when it is larger than ``max_eval``, on a fixed seeded sample of ``max_eval`` of its examples."""
+    recipe = recipe or Recipe()
+    eval_enc = forget_enc
+    if max_eval is not None and len(forget_enc) > max_eval:
+        pick = np.sort(np.random.default_rng(recipe.seed).choice(len(forget_enc), max_eval, replace=False))
+        eval_enc = forget_enc.take(pick)
+    work = task.clone()
+    model, device = work.model, work.device
+    frozen = _embedding_params(model) if recipe.freeze_embeddings else set()
+    params = [p for p in model.parameters() if p not in frozen]
+    for p in model.parameters():
+        p.requires_grad_(p not in frozen)
+    opt = torch.optim.AdamW(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
+    torch.manual_seed(recipe.seed)
+    curve = [accuracy(work, eval_enc)]
+    epoch, done = 0, 0
+    while done < steps:
+        for x, y in forget_enc.batches(recipe.batch_size, device, shuffle_seed=recipe.seed * 1000 + epoch):
+            model.train()
+            loss = Fn.cross_entropy(work.logits(x).float(), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            done += 1
+            curve.append(accuracy(work, eval_enc))
+            if done >= steps:
+                break
+        epoch += 1
+    model.eval()
+    return curve
+
+
+# --------------------------------------------------------------------------- retrain
+
+
+# --------------------------------------------------------------------------- running a method
+
+
+def run_method(ws, method: str | MethodSpec, forget: ForgetSet, seed: int = 0, config: BaselineConfig | None = None,
+               base: TaskModel | None = None, already_forgotten: np.ndarray | None = None,
+               progress: Progress | None = None) -> MethodRun:
+    """Apply one method to one request on a copy of ``base`` (default: the original model)."""
+    spec = method if isinstance(method, MethodSpec) else parse_method(method)
+    config = config or BaselineConfig()
+    config.validate()
+    forgotten = forget.indices if already_forgotten is None else np.union1d(forget.indices, already_forgotten)
+    base = base or ws.task
+    recipe = ws.preset.recipe
+    lr = config.lr or recipe.lr
+    prog = (lambda s, f, *_: progress(f"{spec.name}: {s}", f)) if progress else None
+
+    if spec.kind == "retrain":
+        from mape.pipeline import retrain_model
+
+        task, secs, cached = retrain_model(ws, forgotten, prog)
+        return MethodRun(spec.name, task, secs, count_changed(ws.task.model, task.model),
+                         {"cached": cached, "epochs": recipe.epochs})
+
+    if spec.kind == "mape":
+        from mape.pipeline import UnlearnConfig, unlearn
+
+        extra = {} if config.damping is None else {"damping": config.damping}
+        cfg = UnlearnConfig(objective=spec.objective, sparsity=config.sparsity, update=spec.update, seed=seed,
+                            retain_sample=config.retain_sample, batch_size=config.batch_size,
+                            tolerance=config.tolerance, lr=config.lr, **extra)
+        res = unlearn(ws, forget, cfg, prog, base=None if base is ws.task else base,
+                      already_forgotten=already_forgotten)
+        details = {"search_s": res.timing["search_s"], "update_s": res.timing["update_s"], "step": res.update["step"],
+                   "reached_target": res.update["reached_target"], "selected_heads": res.selection["selected_heads"],
+                   "selected_filters": res.selection["selected_filters"], "swaps": res.selection["swaps"],
+                   "params_selected": res.params["selected"], **res.memory}
+        return MethodRun(spec.name, res.unlearned, res.timing["total_s"],
+                         count_changed(ws.task.model, res.unlearned.model), details, metrics=res.metrics["unlearned"])
+
+    ctx = _context(ws, forget, seed, config, forgotten)
+    task = base.clone()
+    torch.manual_seed(seed)
+    from mape.pipeline import forget_target
+
+    evaluate = _evaluator(task, ctx)
+    t0 = time.perf_counter()
+    details: dict = {}
+    if spec.kind in ("full", "salun"):
+        if spec.kind == "full":
+            masks = full_masks(task)
+        else:
+            masks = salun_mask(task, ctx.forget_enc, config.salun_fraction, config.batch_size)
+            details["mask_entries"] = int(sum(int(m.sum()) for m in masks.values()))
+            details["mask_fraction"] = config.salun_fraction
+        mp = MaskedParams(masks)
+        _, ra0 = evaluate()
+        target = Target(forget_target(ws, forget), ra0, config.tolerance)
+        if spec.update == "so":
+            params = list(mp.masks)
+            grad_f = param_stats(task, ctx.forget_enc, params, "grad", config.batch_size)
+            fisher_r = param_stats(task, ctx.retain_enc, params, "fisher", config.batch_size)
+            from mape.pipeline import UnlearnConfig
+
+            damping = UnlearnConfig().damping if config.damping is None else config.damping
+            details["damping"] = damping
+            direction = so_direction(mp, grad_f, fisher_r, damping)
+            del grad_f, fisher_r
+            report: UpdateReport = so_update(task, mp, direction, "auto", evaluate, target, progress=prog)
+        else:
+            report = iterative_update(task, spec.update, mp, ctx.forget_enc, ctx.retain_enc, "auto", evaluate, target,
+                                      lr=lr, batch_size=config.batch_size, seed=seed, max_steps=config.max_steps,
+                                      eval_every=config.eval_every, progress=prog)
+        details.update({"rule": report.rule, "step": report.step, "reached_target": report.reached_target,
+                        "params_selected": mp.count, "trials": len(report.trials)})
+    elif spec.kind == "ssd":
+        rep = ssd_dampen(task, ctx.forget_enc, ctx.retain_enc, config.ssd_alpha, config.ssd_lambda, config.batch_size)
+        details.update(rep.to_json())
+    elif spec.kind in ("ft", "l1-sparse"):
+        data = ws.train_enc.take(ctx.retain_all)
+        steps = finetune(task, data, recipe, config.ft_epochs, config.ft_max_steps,
+                         l1=config.l1_strength if spec.kind == "l1-sparse" else 0.0, seed=seed, progress=prog,
+                         stage=spec.name)
+        details.update({"steps": steps, "epochs": config.ft_epochs, "examples": len(data), "lr": recipe.lr})
+        if spec.kind == "l1-sparse":
+            details["l1_strength"] = config.l1_strength
+    else:  # pragma: no cover - parse_method guards this
+        raise MapeError(f"Unknown method kind {spec.kind!r}")
+    secs = time.perf_counter() - t0
+    return MethodRun(spec.name, task, secs, count_changed(ws.task.model, task.model), details)
+
+
+def config_json(config: BaselineConfig) -> dict:
+    return copy.deepcopy(asdict(config))

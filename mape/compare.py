@@ -1,0 +1,408 @@
+"""Compare MAPE with baselines and the retrained gold standard over several seeds (SPEC §3).
+
+    ws = prepare("minilm-bbc")
+    res = compare(ws, "random:128", ["mape", "mape-random", "so", "ft"], seeds=[0, 1, 2])
+    res.to_json(); res.markdown(); metrics_figure(res.rows())
+    res.save("out/compare.json")        # also writes out/compare.md
+
+Seeds: seed s selects the forget set (``select_forget(spec, dataset, s)``) *and* seeds every method
+(retain sample, check samples, random units, random labels, dropout), so within one seed all methods
+see the same forget set. The original model and the retrained model (``retrain``, always run) are
+measured on the same sets. Mean ± std are over seeds (sample std, ddof = 1; 0 for one seed).
+
+With several ``requests`` (successive forget requests) each method is applied to its own previous
+result; after request i every model is measured on the union of requests 1..i against a model
+retrained without that union, and the summary (``results``) is the state after the last request.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from mape.baselines import (BaselineConfig, MethodSpec, config_json, parse_methods, relearn_curve, run_method)
+from mape.errors import MapeError
+from mape.pipeline import json_safe
+from mape.forget import ForgetSet, select_forget
+from mape.metrics import GAP_METRICS, gap_to_retrain
+
+Progress = Callable[..., None]
+SUMMARY_KEYS = GAP_METRICS + ("test_forget_class_acc", "gap_to_retrain", "time_s", "params_changed")
+REFERENCE = "retrain"
+ORIGINAL = "original"
+
+
+def machine_info() -> dict:
+    """CPU model, cores, torch / transformers versions and the GPU (if any) of this machine."""
+    import torch
+    import transformers
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info = {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__,
+            "transformers": transformers.__version__, "python": platform.python_version()}
+    try:
+        info["torch_threads"] = torch.get_num_threads()
+    except Exception:  # pragma: no cover
+        pass
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def _mean_std(values: list[float]) -> dict:
+    arr = np.asarray([v for v in values if v is not None and np.isfinite(v)], dtype=float)
+    if arr.size == 0:
+        return {"mean": None, "std": None, "values": list(values)}
+    std = float(arr.std(ddof=1)) if arr.size > 1 else 0.0
+    return {"mean": float(arr.mean()), "std": std, "values": [float(v) for v in values]}
+
+
+def _summarise(per_seed: list[dict], names: list[str]) -> dict:
+    """{name: {key: {mean, std, values}}} from [{name: row}] (one dict per seed)."""
+    out = {}
+    for name in names:
+        rows = [run[name] for run in per_seed if name in run]
+        entry = {}
+        for key in SUMMARY_KEYS:
+            vals = [r["metrics"].get(key) if key in r["metrics"] else r.get(key) for r in rows]
+            if all(v is None for v in vals):
+                continue
+            entry[key] = _mean_std([np.nan if v is None else float(v) for v in vals])
+        curves = [r["relearn"] for r in rows if r.get("relearn")]
+        if curves:
+            arr = np.asarray(curves, dtype=float)
+            entry["relearn"] = {"mean": arr.mean(0).tolist(),
+                                "std": (arr.std(0, ddof=1) if len(arr) > 1 else np.zeros(arr.shape[1])).tolist()}
+        entry["n"] = len(rows)
+        out[name] = entry
+    return out
+
+
+@dataclass
+class CompareResult:
+    preset: str
+    forget: str
+    requests: list[str]
+    seeds: list[int]
+    methods: list[str]                 # compared methods, in order (without original / retrain)
+    device: str
+    total_params: int
+    config: dict
+    runs: list[dict]                   # per seed: {"seed", "forget", "methods": {name: row}}
+    results: dict                      # {name: {metric: {mean, std, values}}}, original + methods + retrain
+    successive: list[dict] = field(default_factory=list)   # per request when several requests
+    machine: dict = field(default_factory=machine_info)
+    wall_s: float = 0.0
+
+    # ------------------------------------------------------------------ views
+    def names(self) -> list[str]:
+        return [ORIGINAL] + self.methods + [REFERENCE]
+
+    def rows(self, results: dict | None = None) -> dict[str, dict[str, float]]:
+        """{name: {metric: mean}} (fractions) for :func:`mape.figures.metrics_figure`."""
+        results = results or self.results
+        return {n: {k: v["mean"] for k, v in results[n].items() if isinstance(v, dict) and "mean" in v}
+                for n in self.names() if n in results}
+
+    def best_method(self, results: dict | None = None) -> str | None:
+        results = results or self.results
+        cands = [(results[m]["gap_to_retrain"]["mean"], i, m) for i, m in enumerate(self.methods)
+                 if m in results and results[m].get("gap_to_retrain", {}).get("mean") is not None]
+        return min(cands)[2] if cands else None
+
+    def to_json(self) -> dict:
+        """JSON-safe (NaN becomes null): see the module docstring and the README for the schema."""
+        return json_safe({"preset": self.preset, "forget": self.forget, "requests": self.requests, "seeds": self.seeds,
+                "methods": self.methods, "reference": REFERENCE, "device": self.device,
+                "total_params": self.total_params, "machine": self.machine, "config": self.config,
+                "metrics": list(GAP_METRICS), "results": self.results, "runs": self.runs,
+                "successive": self.successive, "wall_s": round(self.wall_s, 3)})
+
+    def markdown(self, title: str | None = None) -> str:
+        seeds = ", ".join(str(s) for s in self.seeds)
+        size = self.runs[0]["forget"]["size"] if self.runs else "?"
+        head = title or f"{self.preset} · forget `{self.forget}` ({size} examples) · seeds {seeds}"
+        lines = [f"**{head}**", "",
+                 f"Device: {self.device}; machine: {self.machine.get('cpu')} ({self.machine.get('cores')} cores), "
+                 f"torch {self.machine.get('torch')}. Values in % (mean ± std over {len(self.seeds)} seed(s)); "
+                 "gap = mean |Δ| to retrain over FA, RA, TA, MIA, in points; best method in bold.", ""]
+        lines += self._table(self.results)
+        if self.successive:
+            for step in self.successive:
+                lines += ["", f"After request {step['request']} (`{step['spec']}`, "
+                              f"{step['forgotten']} examples forgotten so far):", ""]
+                lines += self._table(step["results"], relearn=False)
+        relearn = [(n, self.results[n]["relearn"]["mean"]) for n in self.names()
+                   if n in self.results and "relearn" in self.results[n]]
+        if relearn:
+            steps = len(relearn[0][1]) - 1
+            lines += ["", "Relearn test: forget accuracy (%) after k fine-tuning steps on D_f "
+                          "(mean over seeds; lower and slower = more robust).", "",
+                      "| Method | " + " | ".join(f"k={k}" for k in range(steps + 1)) + " |",
+                      "|---|" + "---:|" * (steps + 1)]
+            for n, curve in relearn:
+                lines.append(f"| {n} | " + " | ".join(f"{100 * v:.1f}" for v in curve) + " |")
+        return "\n".join(lines) + "\n"
+
+    def _table(self, results: dict, relearn: bool = True) -> list[str]:
+        class_col = any("test_forget_class_acc" in results.get(n, {}) for n in self.names())
+        cols = ["Method", "Forget acc", "Retain acc", "Test acc"] + (["Test acc (forgotten class)"] if class_col else [])
+        cols += ["MIA", "Gap to retrain (pts)", "Time (s)", "Params changed"]
+        out = ["| " + " | ".join(cols) + " |", "|---|" + "---:|" * (len(cols) - 1)]
+        best = self.best_method(results)
+
+        def pct(entry, key):
+            v = entry.get(key)
+            if not v or v["mean"] is None:
+                return "n/a"
+            return f"{100 * v['mean']:.1f} ± {100 * v['std']:.1f}"
+
+        for n in self.names():
+            if n not in results:
+                continue
+            e = results[n]
+            label = n + (" (reference)" if n == REFERENCE else " (no unlearning)" if n == ORIGINAL else "")
+            gap = pct(e, "gap_to_retrain")
+            if n == best:
+                label, gap = f"**{label}**", f"**{gap}**"
+            t = e.get("time_s", {}).get("mean")
+            pc = e.get("params_changed", {}).get("mean")
+            cells = [label, pct(e, "forget_acc"), pct(e, "retain_acc"), pct(e, "test_acc")]
+            if class_col:
+                cells.append(pct(e, "test_forget_class_acc"))
+            cells += [pct(e, "mia"), gap, "–" if t is None or n == ORIGINAL else f"{t:.2f}",
+                      "–" if pc is None or n == ORIGINAL else
+                      f"{pc:,.0f} ({100 * pc / max(self.total_params, 1):.2f}%)"]
+            out.append("| " + " | ".join(cells) + " |")
+        return out
+
+    def save(self, path: str | os.PathLike) -> tuple[Path, Path]:
+        """Write the JSON to ``path`` and the markdown table next to it (same name, ``.md``)."""
+        out = Path(path)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        md = out.with_suffix(".md")
+        for target, text in ((out, json.dumps(self.to_json(), indent=1, default=float)), (md, self.markdown())):
+            tmp = target.with_name(target.name + ".tmp")
+            tmp.write_text(text)
+            os.replace(tmp, target)
+        return out, md
+
+
+def _union_set(specs: list[str], sets: list[ForgetSet]) -> ForgetSet:
+    if len(sets) == 1:
+        return sets[0]
+    idx = np.unique(np.concatenate([s.indices for s in sets]))
+    classes = {s.forget_class for s in sets}
+    fc = classes.pop() if len(classes) == 1 else None
+    return ForgetSet(";".join(specs), idx, fc, sets[0].class_name if fc is not None else None)
+
+
+def _row(metrics: dict, retrain_metrics: dict, time_s, params_changed, details=None, relearn=None) -> dict:
+    row = {"metrics": metrics, "gap_to_retrain": gap_to_retrain(metrics, retrain_metrics),
+           "time_s": None if time_s is None else round(float(time_s), 4),
+           "params_changed": None if params_changed is None else int(params_changed)}
+    if details is not None:
+        row["details"] = details
+    if relearn is not None:
+        row["relearn"] = relearn
+    return row
+
+
+def compare(ws, forget_spec: str | None, methods, seeds=(0,), progress: Progress | None = None,
+            config: BaselineConfig | None = None, requests: list[str] | None = None,
+            relearn_steps: int = 5) -> CompareResult:
+    """Run ``methods`` (names or :class:`MethodSpec`) for every seed and summarise them against retrain.
+
+    ``requests``: several forget specs applied in a row (successive requests); ``forget_spec`` is then
+    ignored. ``relearn_steps`` > 0 adds the relearn curve (on the final forget set) for every row.
+    """
+    from mape.pipeline import _model_metrics, evaluate_model
+
+    config = config or BaselineConfig()
+    config.validate()
+    if not isinstance(methods, str):
+        methods = [m.name if isinstance(m, MethodSpec) else m for m in methods]
+    specs = [s for s in parse_methods(methods) if s.name != REFERENCE]
+    names = [s.name for s in specs]
+    reqs = [r.strip() for r in (requests or []) if r and r.strip()] or ([forget_spec] if forget_spec else [])
+    if not reqs:
+        raise MapeError("No forget set given: pass a forget spec (e.g. random:128) or requests.")
+    seeds = [int(s) for s in seeds]
+    if not seeds:
+        raise MapeError("No seeds given; pass at least one, e.g. 0.")
+    if relearn_steps < 0:
+        raise MapeError("The number of relearn steps cannot be negative.")
+    # resolve every forget set first: bad specs fail before any slow work
+    forget_sets = {s: [select_forget(r, ws.dataset, s) for r in reqs] for s in seeds}
+    recipe = ws.preset.recipe
+    t_start = time.perf_counter()
+    n_jobs = len(seeds) * len(reqs) * (len(specs) + 1)
+    done = [0]
+
+    def tick(stage: str, frac: float = 0.0, *_):
+        if progress:
+            progress(stage, min(1.0, (done[0] + min(max(frac, 0.0), 1.0)) / n_jobs))
+
+    _warm_up(ws)
+    per_request: list[list[dict]] = [[] for _ in reqs]   # [request][seed] -> {name: row}
+    runs = []
+    for seed in seeds:
+        sets = forget_sets[seed]
+        unions = [_union_set(reqs[:i + 1], sets[:i + 1]) for i in range(len(reqs))]
+        ref, orig, ref_models = [], [], []
+        for i, u in enumerate(unions):
+            retain_eval_idx = ws.retain_eval_indices(u.indices)
+            tick(f"seed {seed}: retrain")
+            run = run_method(ws, MethodSpec(REFERENCE, REFERENCE), u, seed, config,
+                             progress=lambda s, f: tick(f"seed {seed}: {s}", f))
+            done[0] += 1
+            ref_models.append(run)
+            ref.append(evaluate_model(ws, run.task, u, retain_eval_idx, seed))
+            orig.append(_model_metrics(ws, u, ws.original_train_probs(u.indices),
+                                       ws.original_train_probs(retain_eval_idx), retain_eval_idx,
+                                       ws.original_test_probs(), seed))
+        last = unions[-1]
+        last_enc = ws.train_enc.take(last.indices) if relearn_steps else None
+        curve = (lambda task: relearn_curve(task, last_enc, relearn_steps, recipe)) if relearn_steps else (lambda task: None)
+        rows_by_req: list[dict] = [{} for _ in reqs]
+        for i in range(len(reqs)):
+            final = i == len(reqs) - 1
+            rows_by_req[i][ORIGINAL] = _row(orig[i], ref[i], None, 0, relearn=curve(ws.task) if final else None)
+            rr = ref_models[i]
+            rows_by_req[i][REFERENCE] = _row(ref[i], ref[i], rr.time_s, rr.params_changed, rr.details,
+                                             relearn=curve(rr.task) if final else None)
+        for spec in specs:
+            model, forgotten, total_t = None, None, 0.0
+            for i, (fs, u) in enumerate(zip(sets, unions)):
+                tick(f"seed {seed}: {spec.name}")
+                run = run_method(ws, spec, fs, seed, config, base=model, already_forgotten=forgotten,
+                                 progress=lambda s, f: tick(f"seed {seed}: {s}", f))
+                done[0] += 1
+                total_t += run.time_s
+                forgotten = u.indices
+                model = run.task
+                metrics = run.metrics if (run.metrics is not None and i == 0) else \
+                    evaluate_model(ws, run.task, u, ws.retain_eval_indices(u.indices), seed)
+                final = i == len(reqs) - 1
+                rows_by_req[i][spec.name] = _row(metrics, ref[i], run.time_s if not final else total_t,
+                                                 run.params_changed, run.details,
+                                                 relearn=curve(run.task) if final else None)
+        for i in range(len(reqs)):
+            per_request[i].append(rows_by_req[i])
+        runs.append({"seed": seed, "forget": {**{k: v for k, v in last.to_json().items() if k != "indices"},
+                                              "indices_sha256": _digest(last.indices)},
+                     "methods": rows_by_req[-1]})
+    all_names = [ORIGINAL] + names + [REFERENCE]
+    results = _summarise(per_request[-1], all_names)
+    successive = []
+    if len(reqs) > 1:
+        for i, spec in enumerate(reqs):
+            sizes = [len(_union_set(reqs[:i + 1], forget_sets[s][:i + 1]).indices) for s in seeds]
+            successive.append({"request": i + 1, "spec": spec, "forgotten": int(np.mean(sizes)),
+                               "results": _summarise(per_request[i], all_names)})
+    if progress:
+        progress("done", 1.0)
+    from mape.pipeline import device_name
+
+    return CompareResult(preset=ws.preset.name, forget=";".join(reqs), requests=reqs, seeds=seeds, methods=names,
+                         device=device_name(ws.device), total_params=int(ws.total_params),
+                         config={**config_json(config), "relearn_steps": relearn_steps},
+                         runs=runs, results=results, successive=successive, wall_s=time.perf_counter() - t_start)
+
+
+def _warm_up(ws) -> None:
+    """One forward/backward pass on a few examples of a copy, so the first timed method does not pay
+    for lazy initialisation (kernels, allocator, imports)."""
+    import torch.nn.functional as Fn
+
+    task = ws.task.clone()
+    x, y = next(ws.train_enc.take(np.arange(min(8, len(ws.train_y)))).batches(8, ws.device))
+    Fn.cross_entropy(task.logits(x).float(), y).backward()
+    del task
+    import sklearn.linear_model  # noqa: F401  (used by the MIA of every measurement)
+
+
+def _digest(idx: np.ndarray) -> str:
+    import hashlib
+
+    return hashlib.sha256(np.asarray(np.sort(idx), dtype=np.int64).tobytes()).hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def parse_seeds(text: str) -> list[int]:
+    parts = [t.strip() for t in str(text).split(",") if t.strip()]
+    if not parts:
+        raise MapeError("--seeds needs at least one seed, e.g. 0 or 0,1,2.")
+    out = []
+    for t in parts:
+        try:
+            out.append(int(t))
+        except ValueError:
+            raise MapeError(f"Seed {t!r} is not a whole number; write e.g. --seeds 0,1,2.") from None
+        if out[-1] < 0:
+            raise MapeError(f"Seeds must be non-negative, got {out[-1]}.")
+    return list(dict.fromkeys(out))
+
+
+def summary_lines(res: CompareResult) -> list[str]:
+    best = res.best_method()
+    lines = [f"{res.preset} · {res.forget} · seeds {', '.join(map(str, res.seeds))} · {res.device}"]
+    for n in res.names():
+        e = res.results.get(n)
+        if not e:
+            continue
+        g = e.get("gap_to_retrain", {}).get("mean")
+        t = e.get("time_s", {}).get("mean")
+        vals = "  ".join(f"{k.replace('_acc', '')} {100 * e[k]['mean']:5.1f}" for k in GAP_METRICS
+                         if e.get(k, {}).get("mean") is not None)
+        lines.append(f"  {n + (' *' if n == best else ''):16s} {vals}  gap {100 * g:5.2f} pts"
+                     + (f"  {t:8.2f}s" if t is not None and n != ORIGINAL else ""))
+    return lines
+
+
+def cmd_compare(args, prepare_fn, progress_cls) -> int:
+    """``python -m mape compare``: validate everything cheap first, then prepare and run."""
+    specs = parse_methods(args.methods)
+    seeds = parse_seeds(args.seeds)
+    if args.requests:
+        requests = [r.strip() for r in args.requests.split(";") if r.strip()]
+        if not requests:
+            raise MapeError("--requests needs forget specs separated by ';', e.g. 'random:64;class:sport'.")
+        if args.forget:
+            raise MapeError("Give either --forget or --requests, not both.")
+    elif args.forget:
+        requests = None
+    else:
+        raise MapeError("compare needs --forget SPEC (e.g. random:128) or --requests 'spec1;spec2'.")
+    if args.relearn < 0:
+        raise MapeError("--relearn cannot be negative.")
+    config = BaselineConfig(sparsity=args.sparsity, retain_sample=args.retain_sample)
+    config.validate()
+    ws = prepare_fn(args)
+    progress = progress_cls(not args.quiet)
+    try:
+        res = compare(ws, args.forget, specs, seeds, progress, config=config, requests=requests,
+                      relearn_steps=args.relearn)
+    finally:
+        progress.close()
+    json_path, md_path = res.save(args.out)
+    for line in summary_lines(res):
+        print(line)
+    print(f"wrote {json_path} and {md_path}")
+    return 0
