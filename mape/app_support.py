@@ -490,7 +490,7 @@ def load_user_image(path: str, size: int, channels: int, mnist_like: bool) -> tu
         raise MapeError("That file is not an image this app can read; upload a PNG, JPEG, WebP, BMP or GIF.") from None
     notes = [f"{fmt or 'image'} {w}×{h}"]
     if channels == 1:
-        arr = np.asarray(im, dtype=np.uint8)
+        arr = np.array(im, dtype=np.uint8)  # a writable copy (np.asarray of a PIL image is read-only)
         if mnist_like:
             border = np.concatenate([arr[0], arr[-1], arr[:, 0], arr[:, -1]])
             if border.mean() > 127:
@@ -501,10 +501,10 @@ def load_user_image(path: str, size: int, channels: int, mnist_like: bool) -> tu
             y0, x0 = (side - arr.shape[0]) // 2, (side - arr.shape[1]) // 2
             canvas[y0:y0 + arr.shape[0], x0:x0 + arr.shape[1]] = arr
             arr = canvas
-        out = np.asarray(Image.fromarray(arr).resize((size, size), Image.BILINEAR), dtype=np.uint8)
+        out = np.array(Image.fromarray(arr).resize((size, size), Image.BILINEAR), dtype=np.uint8)
         notes.append(f"converted to grayscale {size}×{size}")
     else:
-        out = np.asarray(im.resize((size, size), Image.BILINEAR), dtype=np.uint8)
+        out = np.array(im.resize((size, size), Image.BILINEAR), dtype=np.uint8)
         notes.append(f"resized to {size}×{size} RGB")
     return out, ", ".join(notes) + "."
 

@@ -1,0 +1,289 @@
+"""End-to-end browser tests of the app (Playwright + Debian's chromium).
+
+Each test opens the page, runs a preset end to end with its default (small) forget set and checks that
+the live heatmaps, the metrics table, the before/after predictions, the attributions, the own-input
+predictions and the downloads render with real content. Screenshots go to ``assets/``.
+
+The app is launched in-process with the tiny presets (see tests/test_app_client.py), so a fresh cache
+trains the original models in seconds. Skipped when chromium or playwright is missing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+CHROMIUM = os.environ.get("MAPE_TEST_CHROMIUM", "/usr/bin/chromium")
+ASSETS = Path(os.environ.get("MAPE_SCREENSHOT_DIR") or Path(__file__).resolve().parents[1] / "assets")
+# a text preset, then an image preset; MAPE_TEST_APP_PRESETS=minilm-bbc,vit-mnist runs the real ones
+# (e.g. for the README screenshots; the original models are trained on first use, minutes on a CPU)
+PRESETS = [p.strip() for p in os.environ.get("MAPE_TEST_APP_PRESETS", "tiny-bbc,tiny-mnist").split(",")]
+SHOT_PREFIX = "test-screenshot" if all(p.startswith("tiny-") for p in PRESETS) else "screenshot"
+RUN_TIMEOUT_S = 600
+
+try:
+    from playwright.sync_api import sync_playwright
+except ImportError:  # pragma: no cover - CI installs it
+    sync_playwright = None
+
+pytestmark = [
+    pytest.mark.skipif(sync_playwright is None, reason="playwright (Python package) is not installed"),
+    pytest.mark.skipif(not (Path(CHROMIUM).exists() or shutil.which(CHROMIUM)),
+                       reason=f"no chromium at {CHROMIUM} (apt-get install chromium)"),
+]
+PCT = re.compile(r"^\d{1,3}\.\d%$")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server():
+    import torch
+
+    mp = pytest.MonkeyPatch()
+    if all(p.startswith("tiny-") for p in PRESETS):
+        mp.setenv("MAPE_APP_RETAIN_SAMPLE", "128")
+    mp.setenv("MAPE_APP_PRESETS", ",".join(PRESETS))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the server, the engine and chromium share 2 cores: no OpenMP oversubscription
+    import app
+
+    demo = app.build_demo(presets=PRESETS, concurrency=2)
+    port = free_port()
+    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True,
+                theme=app.THEME, css=app.CSS)
+    try:
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        demo.close()
+        mp.undo()
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, headless=True,
+                              args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                                    "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"])
+        yield b
+        b.close()
+
+
+@pytest.fixture()
+def page(browser, server):
+    context = browser.new_context(viewport={"width": 1280, "height": 900}, accept_downloads=True)
+    pg = context.new_page()
+    errors: list[str] = []
+    pg.on("pageerror", lambda e: errors.append(str(e)))
+    pg.goto(server)
+    pg.wait_for_selector("#run-btn", timeout=60_000)
+    pg.wait_for_selector("#forget-counts table", timeout=120_000)  # the forget-set preview loads with the page
+    yield pg
+    context.close()
+    assert not errors, f"JavaScript errors on the page: {errors}"
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def wait_until(fn, timeout: float, what: str, interval: float = 0.5):
+    end = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < end:
+        try:
+            last = fn()
+            if last:
+                return last
+        except Exception as exc:  # noqa: BLE001 - the DOM may be mid-update
+            last = exc
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what} (last: {last!r})")
+
+
+def textbox(page, elem_id: str):
+    return page.locator(f"#{elem_id}").locator("textarea, input").first
+
+
+def status_text(page) -> str:
+    """The run status line (without Gradio's progress overlay)."""
+    loc = page.locator("#run-status .mape-status")
+    return loc.first.inner_text() if loc.count() else ""
+
+
+def run_and_wait(page) -> float:
+    t0 = time.monotonic()
+    before = status_text(page)
+    page.click("#run-btn")
+    wait_until(lambda: status_text(page) != before, 120, "the run to start")
+    status = wait_until(lambda: (lambda t: t if ("Done" in t or "error" in t) else None)(status_text(page)),
+                        RUN_TIMEOUT_S, "the run to finish")
+    assert "Done" in status, f"the run failed: {status}"
+    return time.monotonic() - t0
+
+
+def y_rows(page, elem_id: str) -> int:
+    """Rows of a plotly heatmap = its y tick labels (layer 0 .. layer L-1)."""
+    return page.locator(f"#{elem_id} .ytick").count()
+
+
+def check_search_and_results(page, layers: int) -> None:
+    for plot in ("heads-plot", "filters-plot", "counts-plot"):
+        assert page.locator(f"#{plot} svg.main-svg").count() >= 1, f"{plot} has no plotly svg"
+    wait_until(lambda: y_rows(page, "heads-plot") == layers, 30, "head heatmap rows")
+    assert y_rows(page, "filters-plot") == layers
+    assert page.locator("#heads-plot .ytick").nth(layers - 1).text_content() == f"layer {layers - 1}"
+    assert "final" in page.locator("#heads-plot").text_content()
+    assert "final" in page.locator("#filters-plot").text_content()
+    # metrics table: four numbers for the original and for the unlearned model
+    for row in ("original", "unlearned"):
+        nums = page.locator(f"#metrics-table .mape-row-{row} .mape-num").all_inner_texts()
+        assert len(nums) >= 4 and all(PCT.match(n.strip()) for n in nums), (row, nums)
+    assert page.locator("#metrics-plot svg.main-svg").count() >= 1
+    assert "Selected for update" in page.inner_text("#run-summary")
+    # before/after predictions: one prediction per model and example, in every tab
+    n = page.locator("#pred-forget .mape-pred").count()
+    assert n >= 2 and n % 2 == 0, n
+    for tab, elem in (("Retain examples", "pred-retain"), ("Test examples", "pred-test")):
+        page.get_by_role("tab", name=tab).click()
+        wait_until(lambda e=elem: page.locator(f"#{e} .mape-pred").count() >= 2, 20, f"{tab} predictions")
+    page.get_by_role("tab", name="Forget examples").click()
+
+
+def screenshot(page, name: str) -> None:
+    """Full-page screenshot to assets/ (test-screenshot-*.png for the tiny presets, screenshot-*.png for
+    the real ones, which the README shows)."""
+    page.evaluate("() => document.querySelectorAll('.toast-close').forEach(b => b.click())")
+    page.mouse.move(0, 0)
+    time.sleep(0.8)
+    ASSETS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ASSETS / f"{SHOT_PREFIX}-{name}.png"), full_page=True)
+
+
+def check_downloads(page, spec: str, tmp_path: Path) -> None:
+    with page.expect_download(timeout=60_000) as dl:
+        page.click("#dl-json")
+    path = tmp_path / "results.json"
+    dl.value.save_as(path)
+    res = json.loads(path.read_text())
+    assert res["forget"]["spec"] == spec
+    assert {"original", "unlearned"} <= set(res["metrics"])
+    with page.expect_download(timeout=60_000) as dl:
+        page.click("#dl-masks")
+    masks = tmp_path / "masks.safetensors"
+    dl.value.save_as(masks)
+    from safetensors.torch import load_file
+
+    t = load_file(str(masks))
+    assert np.asarray(t["heads"]).tolist() == res["selection"]["heads"]
+    assert np.asarray(t["filters"]).tolist() == res["selection"]["filters"]
+
+
+# --------------------------------------------------------------------------- tests
+
+
+def test_text_preset_end_to_end(page, tmp_path):
+    # a bad forget spec: a clear message in the preview and on Run, and the page stays usable
+    box = textbox(page, "forget-value")
+    box.fill("lots")
+    box.press("Enter")
+    wait_until(lambda: "whole number" in page.inner_text("#forget-counts"), 60, "the preview's error message")
+    page.click("#run-btn")
+    wait_until(lambda: "whole number" in status_text(page), 60, "the run's error message")
+    box.fill("32")
+    box.press("Enter")
+    wait_until(lambda: "random:32" in page.inner_text("#forget-counts"), 60, "the preview of random:32")
+    assert page.locator("#forget-preview-table div[role=row]").count() >= 5
+
+    # Stop ends a running search; the next run starts afresh
+    page.click("#run-btn")
+    wait_until(lambda: "running" in status_text(page) or "search" in status_text(page), 300, "the run to start")
+    page.click("#stop-btn")
+    wait_until(lambda: "Stopped" in status_text(page) or "Done" in status_text(page), 60, "the run to stop")
+
+    seconds = run_and_wait(page)
+    print(f"text run ({PRESETS[0]}, incl. first-use training if any): {seconds:.1f} s")
+    check_search_and_results(page, layers=6)
+    assert page.locator("#heads-plot .xtick").count() == 12  # one column per head
+
+    # attributions: token heatmaps before and after, side by side
+    wait_until(lambda: page.locator("#attr-text .mape-tok").count() >= 6, 180, "token attributions")
+    text = page.inner_text("#attr-text")
+    assert "Before (original)" in text and "After (MAPE)" in text
+    scores = [float(s) for s in page.locator("#attr-text .mape-tok").evaluate_all(
+        "els => els.map(e => e.dataset.score)")]
+    assert any(abs(s) > 0 for s in scores)
+
+    # own text: original vs unlearned distributions
+    textbox(page, "custom-text").fill("The striker scored twice as the club won the cup final.")
+    page.click("#predict-btn")
+    wait_until(lambda: page.locator("#custom-predictions .mape-dist").count() == 2, 120, "own-text predictions")
+    assert "MAPE (unlearned)" in page.inner_text("#custom-predictions")
+
+    check_downloads(page, "random:32", tmp_path)
+    page.click("#about")  # open "About the method" for the screenshot's last section
+    screenshot(page, "text")
+
+
+def test_image_preset_end_to_end(page, tmp_path):
+    from PIL import Image
+
+    page.click("#preset input")
+    from mape.presets import PRESETS as ALL
+
+    page.get_by_role("option", name=ALL[PRESETS[1]].title).click()
+    wait_until(lambda: textbox(page, "forget-value").input_value() == "3", 60, "the image preset's default forget set")
+    wait_until(lambda: page.locator("#forget-preview-gallery img").count() >= 8, 120, "the forget-set gallery")
+    assert "class:3" in page.inner_text("#forget-counts")
+    page.locator("#retrain input[type=checkbox]").check()  # the gold standard, and the gap to it
+
+    seconds = run_and_wait(page)
+    print(f"image run ({PRESETS[1]}, incl. first-use training if any): {seconds:.1f} s")
+    check_search_and_results(page, layers=4)
+    assert page.locator("#pred-forget img").count() >= 2  # the examples are shown as images
+    nums = page.locator("#metrics-table .mape-row-retrain .mape-num").all_inner_texts()
+    assert len(nums) >= 4 and all(PCT.match(n.strip()) for n in nums), nums
+    assert re.match(r"^\d+\.\d pts$", page.locator("#metrics-table .mape-row-unlearned .mape-gap").inner_text())
+    assert page.locator("#pred-forget .mape-pred").count() % 3 == 0  # original, MAPE, retrain
+
+    # pixel attributions: input, before, after
+    wait_until(lambda: "before: p(" in page.locator("#attr-image").text_content(), 180, "pixel attributions")
+    assert "after: p(" in page.locator("#attr-image").text_content()
+    assert page.locator("#attr-image svg.main-svg").count() >= 1
+
+    # own image: a dark digit on a light background, any size: converted (and inverted) to MNIST's format
+    digit = np.full((90, 70), 250, np.uint8)
+    digit[15:75, 30:40] = 10
+    path = tmp_path / "my-digit.png"
+    Image.fromarray(digit).save(path)
+    page.locator("#custom-image input[type=file]").set_input_files(str(path))
+    time.sleep(1.0)
+    page.click("#predict-btn")
+    wait_until(lambda: page.locator("#custom-predictions .mape-dist").count() >= 2, 120, "own-image predictions")
+    assert "inverted" in page.inner_text("#custom-predictions")
+    # a file that is not an image: a clear message, no traceback
+    bad = tmp_path / "not-an-image.png"
+    bad.write_text("hello")
+    page.locator("#custom-image input[type=file]").set_input_files(str(bad))
+    time.sleep(1.0)
+    page.click("#predict-btn")
+    wait_until(lambda: page.locator("#custom-predictions .mape-error, .toast-body").count() >= 1, 60,
+               "an error message for a non-image upload")
+    assert "Traceback" not in page.content()
+    page.click("#sample-image-btn")
+    wait_until(lambda: page.locator("#custom-predictions .mape-dist").count() == 3, 120, "test-image predictions (original, MAPE, retrain)")
+
+    check_downloads(page, "class:3", tmp_path)
+    screenshot(page, "image")

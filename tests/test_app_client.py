@@ -1,0 +1,239 @@
+"""The app's API endpoint ``unlearn`` through gradio_client, plus its UI-independent helpers.
+
+The app is launched in-process on a free port with the tiny presets (``tiny-bbc``: MiniLM, one epoch on
+400 BBC articles; ``tiny-mnist``: the small ViT, three epochs on 1,200 digits), so a fresh cache trains
+the original models in seconds. Set ``MAPE_CACHE`` to keep them between runs.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+TINY = ["tiny-bbc", "tiny-mnist"]
+FAST = dict(objective="mlr", sparsity=0.9, update="so", seed=0, retrain=False)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(monkeypatch_module):
+    import torch
+
+    monkeypatch_module.setenv("MAPE_APP_RETAIN_SAMPLE", "128")
+    monkeypatch_module.setenv("MAPE_APP_PRESETS", ",".join(TINY))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # concurrent runs on 2 cores: no OpenMP oversubscription
+    import app
+
+    demo = app.build_demo(presets=TINY, concurrency=2)
+    port = free_port()
+    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True)
+    try:
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        demo.close()
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    mp = pytest.MonkeyPatch()
+    yield mp
+    mp.undo()
+
+
+def call(url: str, preset: str, forget: str, **kw) -> dict:
+    from gradio_client import Client
+
+    args = {**FAST, **kw}
+    client = Client(url, verbose=False, download_files=False)
+    return client.predict(preset, forget, args["objective"], args["sparsity"], args["update"], args["seed"],
+                          args["retrain"], api_name="/unlearn")
+
+
+def check_result(res: dict, preset: str, spec: str, size: int, layers: int, heads: int) -> None:
+    assert res["preset"] == preset
+    assert res["forget"]["spec"] == spec and res["forget"]["size"] == size
+    assert len(res["forget"]["indices"]) == size
+    for name in ("original", "unlearned"):
+        for key in ("forget_acc", "retain_acc", "test_acc", "mia"):
+            assert isinstance(res["metrics"][name][key], float) and 0.0 <= res["metrics"][name][key] <= 1.0
+    sel = np.asarray(res["selection"]["heads"])
+    assert sel.shape == (layers, heads)
+    assert res["selection"]["selected_heads"] == int(sel.sum()) > 0
+    assert res["params"]["changed"] > 0 and res["params"]["changed"] < res["params"]["total"]
+    assert res["config"]["objective"] == "mlr" and res["config"]["sparsity"] == 0.9
+    json.dumps(res, allow_nan=False)  # strict JSON
+
+
+def test_api_lists_only_unlearn(server):
+    from gradio_client import Client
+
+    info = Client(server, verbose=False).view_api(print_info=False, return_format="dict")
+    assert list(info["named_endpoints"]) == ["/unlearn"]
+    params = [p["parameter_name"] for p in info["named_endpoints"]["/unlearn"]["parameters"]]
+    assert params == ["preset", "forget", "objective", "sparsity", "update", "seed", "retrain"]
+
+
+def test_unlearn_endpoint_text(server):
+    t0 = time.perf_counter()
+    res = call(server, "tiny-bbc", "random:12")
+    check_result(res, "tiny-bbc", "random:12", 12, layers=6, heads=12)
+    assert "gap_to_retrain" not in res  # no retrain asked for
+    # the same schema as the CLI's results JSON
+    assert set(res) == {"preset", "forget", "config", "metrics", "selection", "timing", "params", "device",
+                        "update", "memory", "history"}
+    print(f"tiny-bbc run (incl. first-use training) {time.perf_counter() - t0:.1f} s")
+
+
+def test_unlearn_endpoint_image_with_retrain(server):
+    res = call(server, "tiny-mnist", "class:3", retrain=True)
+    size = res["forget"]["size"]
+    check_result(res, "tiny-mnist", "class:3", size, layers=4, heads=4)
+    assert res["forget"]["forget_class"] == "3"
+    assert set(res["metrics"]) == {"original", "unlearned", "retrain"}
+    assert set(res["gap_to_retrain"]) == {"original", "unlearned"}
+    assert "test_forget_class_acc" in res["metrics"]["unlearned"]
+
+
+@pytest.mark.parametrize("forget, needle", [
+    ("random:abc", "whole number"),
+    ("class:nope", "Unknown class"),
+    ("teleport:3", "Unknown forget selector"),
+    ("random:99999", "only"),
+])
+def test_unlearn_endpoint_bad_forget_spec(server, forget, needle):
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError) as err:
+        call(server, "tiny-bbc", forget)
+    assert needle in str(err.value)
+
+
+def test_unlearn_endpoint_bad_settings(server):
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError, match="Unknown objective"):
+        call(server, "tiny-bbc", "random:5", objective="magic")
+    with pytest.raises(AppError, match="strictly between 0 and 1"):
+        call(server, "tiny-bbc", "random:5", sparsity=1.5)
+    with pytest.raises(AppError, match="Unknown preset"):
+        call(server, "no-such-preset", "random:5")
+
+
+def test_two_sessions_at_once_get_their_own_results(server):
+    from gradio_client import Client
+
+    requests = [("tiny-bbc", "random:10", 10), ("tiny-bbc", "class:sport:7", 7), ("tiny-mnist", "class:7:9", 9)]
+    clients = [Client(server, verbose=False, download_files=False) for _ in requests]
+    jobs = [c.submit(p, spec, "mlr", 0.9, "so", 1, False, api_name="/unlearn")
+            for c, (p, spec, _) in zip(clients, requests)]
+    with ThreadPoolExecutor(len(jobs)) as pool:
+        results = list(pool.map(lambda j: j.result(timeout=600), jobs))
+    for res, (preset, spec, size) in zip(results, requests):
+        assert res["preset"] == preset
+        assert res["forget"]["spec"] == spec
+        assert res["forget"]["size"] == size == len(res["forget"]["indices"])
+        assert res["config"]["seed"] == 1
+    assert results[0]["forget"]["indices"] != results[1]["forget"]["indices"]
+
+
+# --------------------------------------------------------------------------- helpers (no server)
+
+
+def test_delta_round_trip_rebuilds_the_unlearned_model():
+    import torch
+
+    from mape import app_support as S
+    from tests.tiny import tiny_bert, tiny_data
+
+    original = tiny_bert()
+    updated = original.clone()
+    with torch.no_grad():
+        w = updated.model.bert.encoder.layer[0].attention.self.query.weight
+        w[:4] += 0.5
+    delta = S.extract_delta(original.model, updated.model)
+    assert list(delta) == ["bert.encoder.layer.0.attention.self.query.weight"]
+    assert S.delta_entries(delta) == 4 * w.shape[1]
+    rebuilt = original.clone()
+    S.apply_delta(rebuilt.model, delta)
+    data = tiny_data()
+    np.testing.assert_array_equal(rebuilt.predict_proba(data), updated.predict_proba(data))
+    for (n, a), (_, b) in zip(rebuilt.model.state_dict().items(), updated.model.state_dict().items()):
+        assert torch.equal(a, b), n
+
+
+def test_masks_and_results_files(tmp_path):
+    from safetensors.torch import load_file
+    from safetensors import safe_open
+
+    from mape import app_support as S
+
+    heads = np.zeros((2, 4), bool)
+    heads[1, 2] = True
+    filters = np.ones((2, 24), bool)
+    path = S.write_masks(heads, filters, tmp_path, np.ones((2, 4)), np.ones((2, 24)), {"preset": "x"})
+    t = load_file(str(path))
+    assert t["heads"].shape == (2, 4) and float(t["heads"].sum()) == 1.0 and float(t["heads"][1, 2]) == 1.0
+    assert t["filters"].shape == (2, 24)
+    with safe_open(str(path), "pt") as f:
+        assert f.metadata()["preset"] == "x"
+    out = S.write_results_json({"a": np.float32(0.5), "b": float("nan"), "c": np.arange(3)}, tmp_path)
+    assert json.loads(out.read_text()) == {"a": 0.5, "b": None, "c": [0, 1, 2]}
+
+
+def test_user_image_validation(tmp_path):
+    from PIL import Image
+
+    from mape import app_support as S
+    from mape.errors import MapeError
+
+    # a black digit on white, 100x60: inverted, centred, 28x28
+    img = np.full((60, 100), 255, np.uint8)
+    img[20:40, 45:55] = 0
+    p = tmp_path / "digit.png"
+    Image.fromarray(img).save(p)
+    arr, note = S.load_user_image(str(p), 28, 1, mnist_like=True)
+    assert arr.shape == (28, 28) and arr.dtype == np.uint8
+    assert "inverted" in note and arr[14, 14] > 200 and arr[0, 0] < 30
+    rgb, _ = S.load_user_image(str(p), 32, 3, mnist_like=False)
+    assert rgb.shape == (32, 32, 3)
+    bad = tmp_path / "notes.png"
+    bad.write_text("not an image")
+    with pytest.raises(MapeError, match="not an image"):
+        S.load_user_image(str(bad), 28, 1, True)
+    tiny = tmp_path / "tiny.png"
+    Image.fromarray(np.zeros((4, 4), np.uint8)).save(tiny)
+    with pytest.raises(MapeError, match="at least 8"):
+        S.load_user_image(str(tiny), 28, 1, True)
+    with pytest.raises(MapeError, match="Upload an image"):
+        S.load_user_image(None, 28, 1, True)
+
+
+def test_tables_and_samples():
+    from mape import app_support as S
+
+    m = {"original": {"forget_acc": 1.0, "retain_acc": 0.99, "test_acc": 0.95, "mia": 0.1},
+         "unlearned": {"forget_acc": 0.9, "retain_acc": 0.98, "test_acc": 0.94, "mia": 0.2},
+         "retrain": {"forget_acc": 0.93, "retain_acc": 0.99, "test_acc": 0.95, "mia": 0.25}}
+    gap = {"original": 0.06, "unlearned": 0.02}
+    html = S.metrics_table_html(m, gap)
+    assert "100.0%" in html and "90.0%" in html and "2.0 pts" in html and "vs retrain" in html
+    assert "No retrain reference" in S.metrics_table_html({k: m[k] for k in ("original", "unlearned")}, None)
+    train_y = np.array([0, 1, 2, 0, 1, 2, 0, 1, 2, 0])
+    test_y = np.array([0, 1, 2, 2, 1, 0])
+    s = S.pick_samples(train_y, test_y, np.array([2, 5, 8]), np.array([0, 1, 3, 4, 6]), forget_class=2, n=4)
+    assert s["forget"] == [2, 5, 8]
+    assert test_y[s["test"][0]] == 2 and len(s["test"]) == 4
+    assert set(train_y[s["retain"]]) == {0, 1}
+    assert S.compose_spec("random", " 32 ") == "random:32"
