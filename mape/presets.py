@@ -36,8 +36,8 @@ def _is_folder(value) -> bool:
     if not isinstance(value, str) or not value.strip():  # Path("") is the current folder
         return False
     try:
-        return Path(value).expanduser().is_dir()
-    except (OSError, ValueError, RuntimeError):  # name too long, NUL byte, unknown ~user
+        return Path(value).is_dir()
+    except (OSError, ValueError):  # name too long, NUL byte
         return False
 
 
