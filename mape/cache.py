@@ -42,9 +42,22 @@ def entry_dir(kind: str, key: str) -> Path:
     return cache_root() / kind / key
 
 
+def _remove_stale_temporaries(folder: Path, key: str, older_than_s: float = 3600.0) -> None:
+    """Temporary folders left by a killed writer (never loadable) are removed after an hour."""
+    import time
+
+    for leftover in folder.glob(f".{key}.*"):
+        try:
+            if time.time() - leftover.stat().st_mtime > older_than_s:
+                shutil.rmtree(leftover, ignore_errors=True)
+        except OSError:
+            pass
+
+
 def save_model(kind: str, key: str, model, meta: dict) -> Path:
     final = entry_dir(kind, key)
     final.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temporaries(final.parent, key)
     tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=final.parent))
     try:
         state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}

@@ -480,3 +480,23 @@ def test_same_seed_same_result_random_objective_ga(tiny_ws):
     assert a.forget["indices"] != c.forget["indices"]
     assert not (np.array_equal(a.selection_obj.heads, c.selection_obj.heads)
                 and np.array_equal(a.selection_obj.filters, c.selection_obj.filters))
+
+
+def test_stale_temporary_folders_are_cleaned(tmp_path, monkeypatch):
+    import os
+    import time
+
+    import torch
+    from mape import cache
+
+    monkeypatch.setenv("MAPE_CACHE", str(tmp_path))
+    parent = cache.entry_dir("original", "k1").parent
+    parent.mkdir(parents=True)
+    stale, fresh = parent / ".k1.old", parent / ".k1.new"
+    stale.mkdir()
+    fresh.mkdir()
+    old = time.time() - 7200
+    os.utime(stale, (old, old))
+    cache.save_model("original", "k1", torch.nn.Linear(2, 2), {})
+    assert not stale.exists() and fresh.exists()
+    assert cache.load_model("original", "k1", torch.nn.Linear(2, 2)) is not None
