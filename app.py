@@ -1253,7 +1253,8 @@ def _set_look(demo: gr.Blocks) -> None:
 def server_settings() -> dict:
     port = os.environ.get("PORT") or os.environ.get("GRADIO_SERVER_PORT") or "7860"
     host = "0.0.0.0" if os.environ.get("SPACE_ID") else os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1")
-    return {"server_name": host, "server_port": int(port)}
+    # uploads are capped by the server too (the image check in app_support refuses more than 10 MB)
+    return {"server_name": host, "server_port": int(port), "max_file_size": "10mb"}
 
 
 demo = build_demo()
