@@ -64,6 +64,7 @@ class UnlearnConfig:
     batch_size: int = 32
     tolerance: float = 0.02
     damping: float = 0.01            # λ = damping · mean(Î_r over the selection)
+    so_steps: int = 5                # auto: at most this many so steps (each re-estimates ∇L(D_f))
     lr: float | None = None          # iterative rules; None: the preset's training lr
 
     def validate(self) -> None:
@@ -353,9 +354,7 @@ def unlearn(ws: Workspace, forget_spec: str | ForgetSet, config: UnlearnConfig |
     target = Target(forget_target(ws, forget), ra0, config.tolerance)
     t1 = time.perf_counter()
     if config.update == "so":
-        direction = so_direction(mp, mg.param_forget_grad, mg.param_retain_fisher, config.damping)
-        report = so_update(task, mp, direction, config.step, evaluate, target,
-                           progress=(lambda s, f: progress(s, f)) if progress else None)
+        report = _so_steps(task, mp, mg, forget_enc, config, evaluate, target, progress)
     else:
         report = iterative_update(task, config.update, mp, forget_enc, retain_enc, config.step, evaluate, target,
                                   lr=config.lr or ws.preset.recipe.lr, batch_size=config.batch_size,
@@ -382,6 +381,30 @@ def unlearn(ws: Workspace, forget_spec: str | ForgetSet, config: UnlearnConfig |
                 "changed_share": report.params_changed / ws.total_params},
         device=device_name(ws.device), update=report.to_json(), memory=memory,
         unlearned=task, retrained=retrained, selection_obj=sel, forget_set=forget)
+
+
+def _so_steps(task, mp: MaskedParams, mg, forget_enc: Encoded, config: UnlearnConfig, evaluate, target: Target,
+              progress: Progress | None) -> UpdateReport:
+    """The ``so`` update. With ``step='auto'``, when one step cannot reach the forget target within the
+    retain tolerance, up to ``config.so_steps`` further steps are taken from the best feasible point,
+    each with the forget gradient recomputed there (the retain Fisher is kept)."""
+    from mape.scoring import _gate_pass
+
+    prog = (lambda s, f: progress(s, f)) if progress else None
+    grad = mg.param_forget_grad
+    report = so_update(task, mp, so_direction(mp, grad, mg.param_retain_fisher, config.damping),
+                       config.step, evaluate, target, progress=prog)
+    steps = [report.step]
+    while config.step == "auto" and not report.reached_target and len(steps) < config.so_steps:
+        _, _, grad = _gate_pass(task, forget_enc, config.batch_size, False, list(mp.masks), "grad", None, "so")
+        here = MaskedParams(mp.masks)  # the next step starts from the current point
+        report = so_update(task, here, so_direction(here, grad, mg.param_retain_fisher, config.damping),
+                           "auto", evaluate, target, progress=prog)
+        steps.append(report.step)
+    if len(steps) > 1:
+        report.step = steps
+    report.params_changed = mp.changed()
+    return report
 
 
 def unlearn_successively(ws: Workspace, specs: list[str], config: UnlearnConfig | None = None,
