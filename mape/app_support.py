@@ -433,7 +433,12 @@ def summary_markdown(result: dict) -> str:
     heads = np.asarray(sel["heads"])
     filters = np.asarray(sel["filters"])
     step = u.get("step")
-    step_text = "n/a" if step is None else (f"η = {step:.4g}" if u.get("rule") == "so" else f"{step} steps")
+    if step is None:
+        step_text = "n/a"
+    elif u.get("rule") == "so":  # a list when several so steps were taken
+        step_text = "η = " + " then ".join(f"{s:.4g}" for s in (step if isinstance(step, list) else [step]))
+    else:
+        step_text = f"{step} steps"
     lines = [
         f"**Forgot {f['size']} training examples** (`{f['spec']}`"
         + (f", the whole class *{f['forget_class']}*" if f.get("forget_class") is not None else "") + ").",
