@@ -53,7 +53,7 @@ import torch.nn.functional as Fn
 from mape.errors import MapeError
 from mape.forget import ForgetSet
 from mape.models import Encoded, TaskModel
-from mape.train import Recipe, _embedding_params
+from mape.train import Recipe, _embedding_params, train
 from mape.update import (UPDATES, MaskedParams, Target, UpdateReport, accuracy, iterative_update,
                          so_direction, so_update)
 
@@ -282,57 +282,10 @@ def ssd_dampen(task: TaskModel, forget_enc: Encoded, retain_enc: Encoded, alpha:
 
 def finetune(task: TaskModel, data: Encoded, recipe: Recipe, epochs: int = 1, max_steps: int | None = None,
              l1: float = 0.0, seed: int = 0, progress: Progress | None = None, stage: str = "ft") -> int:
-    """Fine-tune in place like :func:`mape.train.train` (AdamW, linear schedule with warm-up, clipping,
-    dropout on), for ``epochs`` epochs or ``max_steps`` steps; ``l1`` > 0 adds the proximal L1 step on
-    the weight matrices with γ decaying linearly to 0. Returns the number of optimiser steps."""
-    model, device = task.model, task.device
-    frozen = _embedding_params(model) if recipe.freeze_embeddings else set()
-    params = [p for p in model.parameters() if p not in frozen]
-    saved = [p.requires_grad for p in model.parameters()]
-    for p in model.parameters():
-        p.requires_grad_(p not in frozen)
-    decay = [p for p in params if p.dim() > 1]
-    no_decay = [p for p in params if p.dim() <= 1]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": recipe.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=recipe.lr)
-    steps_per_epoch = (len(data) + recipe.batch_size - 1) // recipe.batch_size
-    total = max(1, steps_per_epoch * epochs)
-    if max_steps is not None:
-        total = min(total, max_steps)
-    warm = max(1, int(recipe.warmup * total))
-    sched_fn = lambda s: min((s + 1) / warm, max(0.0, (total - s) / max(1, total - warm)))  # noqa: E731
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, sched_fn)
-    torch.manual_seed(seed)
-    model.train()
-    step = 0
-    try:
-        for epoch in range(epochs):
-            for x, y in data.batches(recipe.batch_size, device, shuffle_seed=seed * 1000 + epoch):
-                loss = Fn.cross_entropy(task.logits(x).float(), y)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(params, 1.0)
-                lr_now = opt.param_groups[0]["lr"]
-                opt.step()
-                sched.step()
-                if l1 > 0:
-                    shrink = lr_now * l1 * (1.0 - step / total)
-                    with torch.no_grad():
-                        for p in decay:
-                            p.copy_(torch.sign(p) * (p.abs() - shrink).clamp_min(0))
-                step += 1
-                if progress:
-                    progress(stage, step / total)
-                if step >= total:
-                    break
-            if step >= total:
-                break
-    finally:
-        model.eval()
-        for p, flag in zip(model.parameters(), saved):
-            p.requires_grad_(flag)
-            p.grad = None
-    return step
+    """Fine-tune in place with :func:`mape.train.train`'s recipe for ``epochs`` epochs or ``max_steps``
+    steps; ``l1`` > 0 adds the proximal L1 step. Returns the number of optimiser steps."""
+    return train(task, data, recipe, progress=progress, stage=stage, epochs=epochs, max_steps=max_steps,
+                 l1=l1, seed=seed)
 
 
 def relearn_curve(task: TaskModel, forget_enc: Encoded, steps: int = 5, recipe: Recipe | None = None,

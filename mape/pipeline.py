@@ -27,7 +27,7 @@ from mape.presets import Preset, build_start_model, custom_preset, get_preset, l
 from mape.scoring import OBJECTIVES, sample_retain
 from mape.search import Selection, search
 from mape.train import train
-from mape.update import (UPDATES, MaskedParams, Target, iterative_update, so_direction,
+from mape.update import (UPDATES, MaskedParams, Target, UpdateReport, iterative_update, so_direction,
                          so_update)
 
 Progress = Callable[..., None]   # progress(stage: str, fraction: float, selection: Selection | None = None)
