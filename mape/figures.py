@@ -72,6 +72,23 @@ def _title(text: str) -> dict:
 # --------------------------------------------------------------------------- unit heatmaps
 
 
+_BINARY_SCALE = [[0.0, FROZEN_COLOUR], [0.5, FROZEN_COLOUR], [0.5, SELECTED_COLOUR], [1.0, SELECTED_COLOUR]]
+_BINARY_COLOURBAR = dict(title=dict(text="unit", side="top"), tickvals=[0.25, 0.75], ticktext=["frozen", "selected"],
+                         len=1.0, thickness=14)
+
+
+def _unit_hover(sel: np.ndarray, unit: str, scores: np.ndarray | None = None) -> list[list[str]]:
+    """Hover text per cell of a layers x units 0/1 grid: "layer l, <unit> j", selected, score."""
+    return [
+        [
+            f"layer {l}, {unit} {j}<br>selected: {'yes' if sel[l, j] else 'no'}"
+            + (f"<br>score: {scores[l, j]:.4g}" if scores is not None else "")
+            for j in range(sel.shape[1])
+        ]
+        for l in range(sel.shape[0])
+    ]
+
+
 def head_heatmap(
     selected: np.ndarray,
     scores: np.ndarray | None = None,
@@ -88,25 +105,17 @@ def head_heatmap(
         sc = _as_2d(scores, "scores").astype(float)
         if sc.shape != sel.shape:
             raise ValueError(f"scores shape {sc.shape} does not match selected shape {sel.shape}.")
-    hover = [
-        [
-            f"layer {l}, head {h}<br>selected: {'yes' if sel[l, h] else 'no'}"
-            + (f"<br>score: {sc[l, h]:.4g}" if sc is not None else "")
-            for h in range(n_heads)
-        ]
-        for l in range(n_layers)
-    ]
     fig = go.Figure(
         go.Heatmap(
             z=sel.astype(int),
             x=list(range(n_heads)),
             y=list(range(n_layers)),
-            text=hover,
+            text=_unit_hover(sel, "head", sc),
             hovertemplate="%{text}<extra></extra>",
             zmin=0,
             zmax=1,
-            colorscale=[[0.0, FROZEN_COLOUR], [0.5, FROZEN_COLOUR], [0.5, SELECTED_COLOUR], [1.0, SELECTED_COLOUR]],
-            colorbar=dict(title="unit", tickvals=[0.25, 0.75], ticktext=["frozen", "selected"], len=0.6),
+            colorscale=_BINARY_SCALE,
+            colorbar=_BINARY_COLOURBAR,
             xgap=1,
             ygap=1,
         )
@@ -171,18 +180,15 @@ def filter_heatmap(
             hover.append(row)
         x = [int(e) for e in edges[:-1]]
         zmax = max(1, int(sizes.max()))
-        bar_title = "selected<br>per bin"
+        scale = [[0.0, FROZEN_COLOUR], [0.0001, "#fde0c5"], [1.0, "#b3200e"]]
+        colorbar = dict(title=dict(text="selected<br>per bin", side="top"), len=1.0, thickness=14)
         x_title = f"filter (first index of each bin; {bins} bins of ~{n_filters / bins:.0f})"
-    else:
-        z = sel.astype(int)
-        hover = [
-            [f"layer {l}, filter {j}<br>selected: {'yes' if sel[l, j] else 'no'}" for j in range(n_filters)]
-            for l in range(n_layers)
-        ]
-        x = list(range(n_filters))
-        zmax = 1
-        bar_title = "selected"
-        x_title = "filter"
+        # at most ~16 horizontal labels: 64 rotated labels crowd a short plot
+        xaxis = dict(title=x_title, type="category", dtick=max(1, bins // 16), tickangle=0)
+    else:  # not binned: a cell is one filter, selected or not (the same two colours as the heads)
+        z, hover, x, zmax = sel.astype(int), _unit_hover(sel, "filter"), list(range(n_filters)), 1
+        scale, colorbar = _BINARY_SCALE, _BINARY_COLOURBAR
+        xaxis = dict(title="filter", type="linear", dtick=max(1, n_filters // 16), tickangle=0)
     fig = go.Figure(
         go.Heatmap(
             z=z,
@@ -192,8 +198,8 @@ def filter_heatmap(
             hovertemplate="%{text}<extra></extra>",
             zmin=0,
             zmax=zmax,
-            colorscale=[[0.0, FROZEN_COLOUR], [0.0001, "#fde0c5"], [1.0, "#b3200e"]],
-            colorbar=dict(title=bar_title, len=0.7),
+            colorscale=scale,
+            colorbar=colorbar,
             xgap=0.5,
             ygap=1,
         )
@@ -201,9 +207,9 @@ def filter_heatmap(
     n_sel = int(sel.sum())
     fig.update_layout(
         title=_title(f"{title} ({n_sel} of {sel.size})"),
-        height=_grid_height(n_layers),
+        height=max(300, 70 + 34 * n_layers),
         margin=dict(l=70, r=20, t=50, b=50),
-        xaxis=dict(title=x_title, type="category" if n_filters > bins else "linear"),
+        xaxis=xaxis,
         yaxis=_layer_axis(n_layers),
         plot_bgcolor="white",
     )
@@ -283,6 +289,80 @@ def metrics_figure(
         plot_bgcolor="white",
     )
     fig.update_yaxes(gridcolor="#eeeeee")
+    return fig
+
+
+def _mean(entry: Mapping, key: str) -> tuple[float | None, float]:
+    v = entry.get(key) or {}
+    m = v.get("mean") if isinstance(v, Mapping) else v
+    sd = v.get("std") if isinstance(v, Mapping) else 0.0
+    ok = m is not None and np.isfinite(float(m))
+    return (float(m) if ok else None), (float(sd) if ok and sd is not None and np.isfinite(float(sd)) else 0.0)
+
+
+def gap_time_figure(results: Mapping[str, Mapping], methods: Sequence[str], best: str | None = None) -> go.Figure:
+    """Gap to retrain (points, ± std over seeds) against time (s, log axis), one marker per method.
+
+    ``results`` is :attr:`mape.compare.CompareResult.results` ({name: {metric: {mean, std}}}); the
+    retrain row is drawn as a vertical line at its time (gap 0 by definition). Lower-left is better.
+    """
+    fig = go.Figure()
+    for i, name in enumerate(methods):
+        e = results.get(name) or {}
+        gap, gap_sd = _mean(e, "gap_to_retrain")
+        t, t_sd = _mean(e, "time_s")
+        if gap is None or t is None:
+            continue
+        colour = METHOD_COLOURS[i % len(METHOD_COLOURS)]
+        fig.add_trace(go.Scatter(
+            x=[max(t, 1e-3)], y=[100 * gap], mode="markers+text", name=name, text=[name],
+            textposition="top center", error_y=dict(type="data", array=[100 * gap_sd], visible=gap_sd > 0),
+            marker=dict(size=15 if name == best else 11, color=colour,
+                        line=dict(color="black", width=2 if name == best else 0)),
+            hovertemplate=f"{name}<br>gap to retrain: %{{y:.2f}} pts<br>time: %{{x:.2f}} s<extra></extra>"))
+    ref_t, _ = _mean(results.get("retrain") or {}, "time_s")
+    if ref_t is not None and ref_t > 0:
+        fig.add_vline(x=ref_t, line=dict(color="#6b7280", dash="dash"),
+                      annotation_text=f"retrain {ref_t:.1f} s", annotation_position="top left")
+    fig.update_layout(
+        title=_title("Gap to retrain vs. time (lower left is better)"),
+        height=380, showlegend=False, plot_bgcolor="white",
+        xaxis=dict(title="time (s, log scale)", type="log", gridcolor="#eeeeee"),
+        yaxis=dict(title="average gap to retrain (points)", rangemode="tozero", gridcolor="#eeeeee"),
+        margin=dict(l=70, r=20, t=50, b=50),
+    )
+    return fig
+
+
+def relearn_figure(results: Mapping[str, Mapping], names: Sequence[str]) -> go.Figure:
+    """Forget accuracy (%) after k fine-tuning steps on the forget set, one line per model (± std).
+
+    Lower and flatter = more robust forgetting; ``retrain`` is the dashed grey reference.
+    """
+    fig = go.Figure()
+    steps = 0
+    for i, name in enumerate(names):
+        curve = (results.get(name) or {}).get("relearn")
+        if not curve:
+            continue
+        mean = 100 * np.asarray(curve["mean"], dtype=float)
+        std = 100 * np.asarray(curve.get("std") or np.zeros_like(mean), dtype=float)
+        steps = max(steps, len(mean) - 1)
+        is_ref = name == "retrain"
+        fig.add_trace(go.Scatter(
+            x=list(range(len(mean))), y=mean, mode="lines+markers", name=name + (" (reference)" if is_ref else ""),
+            error_y=dict(type="data", array=std, visible=bool(np.any(std > 0))),
+            line=dict(color=RETRAIN_COLOUR if is_ref else "#111827" if name == "original"
+                      else METHOD_COLOURS[i % len(METHOD_COLOURS)], dash="dash" if is_ref else "dot"
+                      if name == "original" else "solid", width=3 if is_ref else 2),
+            hovertemplate=f"{name}<br>k=%{{x}}: %{{y:.1f}}%<extra></extra>"))
+    fig.update_layout(
+        title=_title("Relearn test: forget accuracy after k fine-tuning steps on the forget set"),
+        height=360, plot_bgcolor="white",
+        xaxis=dict(title="fine-tuning steps on D_f", dtick=1, range=[-0.2, max(steps, 1) + 0.2]),
+        yaxis=dict(title="forget accuracy (%)", range=[0, 101], ticksuffix="%", gridcolor="#eeeeee"),
+        legend=dict(orientation="h", y=-0.2), margin=dict(l=70, r=20, t=50, b=80),
+    )
     return fig
 
 

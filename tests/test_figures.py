@@ -105,6 +105,14 @@ def test_filter_heatmap_unbinned_when_narrow():
     assert np.asarray(h.z).shape == (2, 37)
     assert "filter 36" in h.text[1][36] and "selected: yes" in h.text[1][36]
     assert "1 of 74" in _title(fig)
+    assert list(h.colorbar.ticktext) == ["frozen", "selected"]  # the heads' two colours, not a count scale
+
+
+def test_filter_heatmap_wide_layers_keep_labels_readable():
+    sel = np.zeros((6, 1536), dtype=int)
+    fig = figures.filter_heatmap(sel, bins=64)
+    assert 64 / fig.layout.xaxis.dtick <= 16 and fig.layout.xaxis.tickangle == 0
+    assert fig.layout.height == max(300, 70 + 34 * 6)
 
 
 # --------------------------------------------------------------------------- layer counts
