@@ -257,14 +257,27 @@ def forget_target(ws: Workspace, forget: ForgetSet) -> float:
     return float(np.mean(accs))
 
 
+def retrain_cache_key(ws: Workspace, forgotten: np.ndarray) -> tuple[str, str]:
+    """(cache key, forget-set digest) of the model retrained without ``forgotten`` (order-free)."""
+    digest = hashlib.sha256(np.asarray(np.sort(np.asarray(forgotten)), dtype=np.int64).tobytes()).hexdigest()[:16]
+    return cache.cache_key({"original": ws.key, "forget": digest}), digest
+
+
+def cached_retrain(ws: Workspace, forgotten: np.ndarray) -> TaskModel | None:
+    """The retrained model if it is already in the disk cache, else None (never trains)."""
+    key, _ = retrain_cache_key(ws, forgotten)
+    if not (cache.entry_dir("retrain", key) / "model.safetensors").exists():
+        return None
+    return retrain_model(ws, np.asarray(forgotten))[0]
+
+
 def retrain_model(ws: Workspace, forgotten: np.ndarray, progress: Progress | None = None) -> tuple[TaskModel, float, bool]:
     """Train from the same start on D_r only with the same recipe (cached per forget set).
 
     Returns (model, training seconds, from cache); a cached model reports its recorded training time."""
     preset = ws.preset
     retain = np.setdiff1d(np.arange(len(ws.train_y)), forgotten)
-    digest = hashlib.sha256(np.asarray(np.sort(forgotten), dtype=np.int64).tobytes()).hexdigest()[:16]
-    key = cache.cache_key({"original": ws.key, "forget": digest})
+    key, digest = retrain_cache_key(ws, forgotten)
     builder = lambda: build_start_model(preset, ws.dataset.classes)  # noqa: E731
     return _train_or_load("retrain", key, builder, ws.train_enc.take(retain), preset, ws.device, progress,
                           "retraining without the forget set", {"forget": digest, "original": ws.key})
@@ -354,7 +367,7 @@ def unlearn(ws: Workspace, forget_spec: str | ForgetSet, config: UnlearnConfig |
     target = Target(forget_target(ws, forget), ra0, config.tolerance)
     t1 = time.perf_counter()
     if config.update == "so":
-        report = _so_steps(task, mp, mg, forget_enc, config, evaluate, target, progress)
+        report = _so_steps(task, mp, mg, forget_enc, retain_enc, config, evaluate, target, progress)
     else:
         report = iterative_update(task, config.update, mp, forget_enc, retain_enc, config.step, evaluate, target,
                                   lr=config.lr or ws.preset.recipe.lr, batch_size=config.batch_size,
@@ -383,26 +396,38 @@ def unlearn(ws: Workspace, forget_spec: str | ForgetSet, config: UnlearnConfig |
         unlearned=task, retrained=retrained, selection_obj=sel, forget_set=forget)
 
 
-def _so_steps(task, mp: MaskedParams, mg, forget_enc: Encoded, config: UnlearnConfig, evaluate, target: Target,
-              progress: Progress | None) -> UpdateReport:
+def _so_steps(task, mp: MaskedParams, mg, forget_enc: Encoded, retain_enc: Encoded, config: UnlearnConfig,
+              evaluate, target: Target, progress: Progress | None) -> UpdateReport:
     """The ``so`` update. With ``step='auto'``, when one step cannot reach the forget target within the
-    retain tolerance, up to ``config.so_steps`` further steps are taken from the best feasible point,
-    each with the forget gradient recomputed there (the retain Fisher is kept)."""
+    retain tolerance, up to ``config.so_steps - 1`` further steps follow from the chosen point. Each
+    further step recomputes its gradient there, on the forget examples the model *still classifies
+    correctly* (the ones left to forget; the others would dominate the loss gradient) minus the
+    retain sample's (repairing what the previous steps cost): d = M ⊙ (Î_r + λ)⁻¹ ⊙ (∇L_f,left − ∇L_r).
+    The retain Fisher Î_r is kept. The report lists every step's trials (``round`` = step number)."""
     from mape.scoring import _gate_pass
 
     prog = (lambda s, f: progress(s, f)) if progress else None
-    grad = mg.param_forget_grad
-    report = so_update(task, mp, so_direction(mp, grad, mg.param_retain_fisher, config.damping),
+    report = so_update(task, mp, so_direction(mp, mg.param_forget_grad, mg.param_retain_fisher, config.damping),
                        config.step, evaluate, target, progress=prog)
-    steps = [report.step]
+    steps, trials = [report.step], [{**t, "round": 1} for t in report.trials]
+    params = list(mp.masks)
     while config.step == "auto" and not report.reached_target and len(steps) < config.so_steps:
-        _, _, grad = _gate_pass(task, forget_enc, config.batch_size, False, list(mp.masks), "grad", None, "so")
+        left = np.flatnonzero(task.predict_proba(forget_enc, config.batch_size).argmax(1) == forget_enc.labels.numpy())
+        if len(left) == 0:
+            break
+        if progress:
+            progress(f"so step {len(steps) + 1}: gradients on {len(left)} example(s) not yet forgotten", 0.0)
+        *_, grad_f = _gate_pass(task, forget_enc.take(left), config.batch_size, False, params, "grad", None, "so")
+        *_, grad_r = _gate_pass(task, retain_enc, config.batch_size, False, params, "grad", None, "so")
         here = MaskedParams(mp.masks)  # the next step starts from the current point
-        report = so_update(task, here, so_direction(here, grad, mg.param_retain_fisher, config.damping),
-                           "auto", evaluate, target, progress=prog)
+        direction = so_direction(here, {p: grad_f[p] - grad_r[p] for p in params}, mg.param_retain_fisher,
+                                 config.damping)
+        report = so_update(task, here, direction, "auto", evaluate, target, progress=prog)
         steps.append(report.step)
+        trials += [{**t, "round": len(steps)} for t in report.trials]
     if len(steps) > 1:
         report.step = steps
+        report.trials = trials
     report.params_changed = mp.changed()
     return report
 

@@ -105,3 +105,30 @@ def test_corrupt_cache_is_rebuilt(bbc_ws):
     assert cache.load_model("original", ws.key, ws.task.clone().model) is not None  # rebuilt and valid
     a, b = _state(ws.task), _state(bbc_ws.task)
     assert all(torch.equal(a[k], b[k]) for k in a)  # same seeded recipe → same weights
+
+
+def test_so_follow_up_steps_use_the_examples_not_yet_forgotten(bbc_ws, monkeypatch):
+    """When one so step cannot reach the target, each further step takes its forget gradient on the
+    forget examples the model still classifies correctly, and its retain gradient on the retain sample."""
+    from mape import pipeline, scoring
+
+    monkeypatch.setattr(pipeline, "forget_target", lambda ws, forget: -1.0)  # unreachable: every step runs
+    passes, real = [], scoring._gate_pass
+
+    def recording(task, enc, *args, **kw):
+        if len(args) > 3 and args[3] == "grad" and args[1] is False:  # the follow-up steps' parameter-gradient passes
+            correct = int((task.predict_proba(enc).argmax(1) == enc.labels.numpy()).sum())
+            passes.append((len(enc), correct))
+        return real(task, enc, *args, **kw)
+
+    monkeypatch.setattr(scoring, "_gate_pass", recording)
+    res = unlearn(bbc_ws, "class:sport:24", UnlearnConfig(so_steps=3, retain_sample=48, seed=1))
+    rounds = [t["round"] for t in res.update["trials"]]
+    assert isinstance(res.update["step"], list) and len(res.update["step"]) == 3
+    assert sorted(set(rounds)) == [1, 2, 3] and rounds == sorted(rounds)
+    assert not res.update["reached_target"]
+    forget_passes, retain_passes = passes[0::2], passes[1::2]
+    assert len(forget_passes) == len(retain_passes) == 2
+    for n, correct in forget_passes:  # only examples still classified correctly, all of them
+        assert 0 < n <= 24 and correct == n
+    assert all(n == 48 for n, _ in retain_passes)
