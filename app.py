@@ -4,9 +4,11 @@
     from app import demo, build_demo   # the Blocks, e.g. for tests or `gradio app.py`
 
 One page, top to bottom: model & data, forget set, method, run (live mask search), results, predictions
-before/after, attributions, downloads, and "About the method". The run is also the API endpoint
-``unlearn`` (gradio_client: ``Client(url).predict(preset, forget, objective, sparsity, update, seed,
-retrain, api_name="/unlearn")`` returns the results JSON of ``python -m mape unlearn``).
+before/after, attributions, "Compare methods" (against retraining), downloads, and "About the method".
+The run is also the API endpoint ``unlearn`` (gradio_client: ``Client(url).predict(preset, forget,
+objective, sparsity, update, seed, retrain, api_name="/unlearn")`` returns the results JSON of
+``python -m mape unlearn``), the comparison the endpoint ``compare`` (``predict(preset, forget, methods,
+seeds, sparsity, relearn_steps, api_name="/compare")`` returns the JSON of ``python -m mape compare``).
 
 Design notes
 - Models are held once per process: ``get_workspace`` prepares each preset at most once at a time (a
@@ -76,6 +78,20 @@ ATTRIBUTION_BATCH = 8 if not ON_GPU else 32   # Captum internal_batch_size (boun
 ATTRIBUTION_STEPS = 32
 BINS = 64
 TMP_ROOT = Path(tempfile.gettempdir()) / "mape-app"
+COMPARE_CHOICES = [
+    ("mape — MAPE (mlr scores, so update)", "mape"), ("mape-mlf — MAPE, mlf scores", "mape-mlf"),
+    ("mape-norm — MAPE, gradient-norm scores", "mape-norm"), ("mape-random — random units, same budget", "mape-random"),
+    ("mape+ga", "mape+ga"), ("mape+gd", "mape+gd"), ("mape+rl", "mape+rl"), ("mape+npo", "mape+npo"),
+    ("salun — saliency-masked random labels", "salun"), ("ssd — selective synaptic dampening", "ssd"),
+    ("ft — fine-tune on the retain set", "ft"), ("l1-sparse — ft with an l1 penalty", "l1-sparse"),
+    ("so — full-parameter second-order step", "so"), ("ga — full-parameter gradient ascent", "ga"),
+    ("gd — full-parameter NegGrad+", "gd"), ("rl — full-parameter random labels", "rl"),
+    ("npo — full-parameter NPO", "npo"),
+]
+COMPARE_DEFAULT = ("mape", "mape-norm", "mape-random", "salun")
+MAX_COMPARE_METHODS = 12
+MAX_COMPARE_SEEDS = 5
+MAX_RELEARN = 10
 
 
 class RunCancelled(Exception):
@@ -281,6 +297,27 @@ def engine_run(preset: str, spec: str, cfg: dict):
     yield from _stream(work)
 
 
+@gpu(duration=600)
+def engine_compare(preset: str, spec: str, req: dict):
+    """Generator of comparison events: ("prep", stage, frac), ("progress", stage, frac), finally
+    ("done", CompareResult) or ("error", message) / ("cancelled",)."""
+    from mape.baselines import BaselineConfig
+    from mape.compare import compare
+
+    def work(emit, cancel):
+        ws = get_workspace(preset, lambda s, f, sel=None: emit(("prep", s, f)))
+
+        def progress(stage, frac):
+            if cancel.is_set():
+                raise RunCancelled()
+            emit(("progress", stage, frac))
+
+        return compare(ws, spec, req["methods"], req["seeds"], progress, config=BaselineConfig(**req["config"]),
+                       relearn_steps=req["relearn"])
+
+    yield from _stream(work)
+
+
 def _unlearned_model(ws, delta):
     task = ws.task.clone()
     S.apply_delta(task.model, delta)
@@ -288,20 +325,11 @@ def _unlearned_model(ws, delta):
 
 
 def _retrained_model(ws, forget_indices):
-    """The run's retrain reference, loaded from the disk cache (None if it is not there: never retrain
-    for an own-input prediction). The key mirrors ``mape.pipeline.retrain_model``'s."""
-    import hashlib
+    """The run's retrain reference from the disk cache (None if it is not there: an own-input
+    prediction never retrains)."""
+    from mape.pipeline import cached_retrain
 
-    from mape import cache
-    from mape.pipeline import retrain_model
-
-    forgotten = np.asarray(forget_indices)
-    digest = hashlib.sha256(np.asarray(np.sort(forgotten), dtype=np.int64).tobytes()).hexdigest()[:16]
-    key = cache.cache_key({"original": ws.key, "forget": digest})
-    if not (cache.entry_dir("retrain", key) / "model.safetensors").exists():
-        return None
-    task, _, _ = retrain_model(ws, forgotten)
-    return task
+    return cached_retrain(ws, np.asarray(forget_indices))
 
 
 @gpu(duration=60)
@@ -497,17 +525,9 @@ def _fmt_status(kind: str, text: str, detail: str = "") -> str:
 
 
 def _heat_figures(heads, filters, head_scores, label: str):
-    n_layers, n_filters = filters.shape
+    n_filters = filters.shape[1]
     bins = n_filters if n_filters <= 128 else BINS
     ff = FG.filter_heatmap(filters, bins=bins, title=f"FFN filters selected · {label}")
-    # a full-height colour bar and fewer, horizontal x labels (64 rotated labels crowd a short plot)
-    ff.update_traces(colorbar=dict(len=1.0, thickness=14, title=dict(side="top")))
-    ff.update_xaxes(dtick=max(1, bins // 16), tickangle=0)
-    ff.update_layout(height=max(300, 70 + 34 * n_layers))
-    if bins == n_filters:  # not binned: a cell is one filter, selected or not
-        ff.update_traces(colorscale=[[0, FG.FROZEN_COLOUR], [0.5, FG.FROZEN_COLOUR], [0.5, FG.SELECTED_COLOUR],
-                                     [1, FG.SELECTED_COLOUR]],
-                         colorbar=dict(tickvals=[0.25, 0.75], ticktext=["frozen", "selected"], title=dict(text="unit")))
     return (FG.head_heatmap(heads, head_scores, title=f"Attention heads selected · {label}"), ff,
             FG.layer_counts_figure(heads, filters))
 
@@ -648,11 +668,6 @@ def build_demo(presets: list[str] | str | None = None, concurrency: int | None =
                 joint = gr.Checkbox(False, label="One joint budget counted in parameters", elem_id="joint")
                 tolerance = gr.Number(0.02, label="Retain-accuracy tolerance (auto step)", minimum=0, maximum=1,
                                       elem_id="tolerance")
-        # --- Baselines slot ----------------------------------------------------------------------
-        # A later change adds the baselines multi-select here (FT, SalUn, SSD, l1-sparse, full-parameter
-        # so/ga/gd/rl, MAPE-norm, MAPE-random). The metrics table and chart already show every row of
-        # result["metrics"], so a baseline's metrics appear there once the run returns them.
-        baselines_slot = gr.Column(elem_id="baselines-slot")  # noqa: F841 - placeholder, intentionally empty
 
         with gr.Row():
             run_btn = gr.Button("▶  Run unlearning", variant="primary", size="lg", scale=4, elem_id="run-btn")
@@ -714,16 +729,52 @@ def build_demo(presets: list[str] | str | None = None, concurrency: int | None =
         attr_plot = gr.Plot(FG.empty_figure("Pixel attributions: after a run", 340), elem_id="attr-image",
                             visible=default_modality == "image", label="Pixel attributions")
 
-        # ---------------------------------------------------------------- 8. downloads
-        gr.Markdown("## ⑧ Downloads", elem_classes=["mape-section"])
+        # ---------------------------------------------------------------- 8. compare methods
+        gr.Markdown("## ⑧ Compare methods against retraining", elem_classes=["mape-section"])
+        gr.Markdown(
+            "Applies every chosen method to the forget set of ② (for each seed: the same forget set and the "
+            "same samples for all methods) and measures it against a model **retrained without the forget "
+            "set** (the gold standard; trained once per forget set, then cached). MAPE variants use the "
+            "sparsity, retain sample and tolerance of ③. *Gap* = mean |difference| to retrain over forget, "
+            "retain and test accuracy and MIA efficacy; lower is better. The same table is written by "
+            "`python -m mape compare`.", elem_classes=["mape-sub"])
+        with gr.Row():
+            cmp_methods = gr.Dropdown(COMPARE_CHOICES, value=list(COMPARE_DEFAULT), multiselect=True, scale=4,
+                                      label="Methods", elem_id="compare-methods",
+                                      info="mape = MAPE (mlr scores, so update); full-parameter rules change "
+                                           "every Transformer-layer weight.")
+            cmp_seeds = gr.Textbox("0", label="Seeds", scale=1, elem_id="compare-seeds",
+                                   info=f"e.g. 0,1,2 (at most {MAX_COMPARE_SEEDS}); mean ± std over seeds.")
+            cmp_relearn = gr.Number(3, label="Relearn steps", precision=0, minimum=0, maximum=MAX_RELEARN, scale=1,
+                                    elem_id="compare-relearn",
+                                    info="Fine-tuning steps on the forget set afterwards (0: no relearn test).")
+        with gr.Row():
+            cmp_btn = gr.Button("Compare methods", variant="primary", scale=4, elem_id="compare-btn")
+            cmp_stop = gr.Button("Stop", variant="stop", scale=1, elem_id="compare-stop-btn")
+        cmp_status = gr.HTML(_fmt_status("idle", "Not started."), elem_id="compare-status")
+        cmp_table = gr.Markdown("", elem_id="compare-table")
+        with gr.Row():
+            cmp_plot = gr.Plot(FG.empty_figure("Metrics by method: after a comparison", 380), label="Metrics",
+                               elem_id="compare-plot", scale=3)
+            cmp_gap_plot = gr.Plot(FG.empty_figure("Gap vs. time: after a comparison", 380), label="Gap vs. time",
+                                   elem_id="compare-gap-plot", scale=2)
+        cmp_relearn_plot = gr.Plot(FG.empty_figure("Relearn test: after a comparison", 360), label="Relearn test",
+                                   elem_id="compare-relearn-plot")
+        with gr.Row():
+            cmp_dl_json = gr.DownloadButton("Comparison JSON", interactive=False, elem_id="dl-compare-json")
+            cmp_dl_md = gr.DownloadButton("Comparison table (.md)", interactive=False, elem_id="dl-compare-md")
+        compare_flags = gr.State({})
+
+        # ---------------------------------------------------------------- 9. downloads
+        gr.Markdown("## ⑨ Downloads", elem_classes=["mape-section"])
         with gr.Row():
             dl_json = gr.DownloadButton("Results JSON", interactive=False, elem_id="dl-json")
             dl_masks = gr.DownloadButton("Masks (.safetensors)", interactive=False, elem_id="dl-masks")
             export_btn = gr.Button("Build unlearned model (.safetensors)", interactive=False, elem_id="export-btn")
         model_file = gr.File(label="Unlearned model", visible=False, elem_id="model-file")
 
-        # ---------------------------------------------------------------- 9. about
-        gr.Markdown("## ⑨ About the method", elem_classes=["mape-section"])
+        # ---------------------------------------------------------------- 10. about
+        gr.Markdown("## ⑩ About the method", elem_classes=["mape-section"])
         with gr.Accordion("How MAPE-Unlearn works (with the formulas)", open=False, elem_id="about"):
             gr.Markdown(S.ABOUT_MD, latex_delimiters=[{"left": "$$", "right": "$$", "display": True},
                                                       {"left": "$", "right": "$", "display": False}])
@@ -948,10 +999,78 @@ def build_demo(presets: list[str] | str | None = None, concurrency: int | None =
         export_btn.click(_export_model, run_state, model_file, api_visibility="private", concurrency_id="explain",
                          concurrency_limit=2)
 
+        # --- compare methods --------------------------------------------------------------------------
+        cmp_outputs = [cmp_status, cmp_table, cmp_plot, cmp_gap_plot, cmp_relearn_plot, cmp_dl_json, cmp_dl_md,
+                       status_md]
+
+        def on_compare(preset_name, kind_v, value_v, methods_v, seeds_v, relearn_v, sparsity_v, retain_v, tol_v,
+                       flags, progress=gr.Progress()):
+            spec = S.compose_spec(kind_v, value_v)
+            flags["stop"] = False
+            keep = (gr.skip(),) * (len(cmp_outputs) - 1)
+            try:
+                req = _compare_request(preset_name, spec, methods_v, seeds_v, relearn_v, sparsity_v, retain_v,
+                                       tol_v, names)
+            except MapeError as exc:
+                gr.Warning(str(exc))
+                yield (_fmt_status("error", str(exc)),) + keep
+                return
+            t0 = time.perf_counter()
+            progress(0.0, desc="starting")
+            yield (_fmt_status("busy", "Starting…", f"{len(req['methods'])} method(s) × {len(req['seeds'])} seed(s) "
+                                                   "+ retrain"),) + keep
+            last = 0.0
+            events = engine_compare(preset_name, spec, req)
+            for event in events:
+                if flags.get("stop"):
+                    events.close()
+                    yield (_fmt_status("stopped", "Stopped."),) + keep[:-1] + (model_status(preset_name),)
+                    return
+                kind_e, now = event[0], time.monotonic()
+                if kind_e in ("prep", "progress"):
+                    _, stage, frac = event
+                    label = (f"Preparing the original model: {stage}" if kind_e == "prep" else stage)
+                    progress(min(0.999, frac), desc=label)
+                    if now - last > 0.5:
+                        last = now
+                        yield (_fmt_status("busy", label, f"{100 * frac:.0f}%"),) + keep
+                elif kind_e == "error":
+                    gr.Warning(event[1])
+                    yield (_fmt_status("error", event[1]),) + keep[:-1] + (model_status(preset_name),)
+                    return
+                elif kind_e == "cancelled":
+                    yield (_fmt_status("stopped", "Stopped."),) + keep
+                    return
+                elif kind_e == "done":
+                    yield _compare_outputs(event[1], time.perf_counter() - t0) + (model_status(preset_name),)
+                    return
+
+        cmp_btn.click(on_compare, [preset, kind, value, cmp_methods, cmp_seeds, cmp_relearn, sparsity, retain_sample,
+                                   tolerance, compare_flags], cmp_outputs, api_visibility="private",
+                      concurrency_id="engine", concurrency_limit=engine_limit, show_progress_on=[cmp_status])
+
+        def on_compare_stop(flags):
+            flags["stop"] = True
+
+        cmp_stop.click(on_compare_stop, compare_flags, None, api_visibility="private", queue=False)
+
+        def on_reset_compare():
+            return (_fmt_status("idle", "Not started."), "",
+                    FG.empty_figure("Metrics by method: after a comparison", 380),
+                    FG.empty_figure("Gap vs. time: after a comparison", 380),
+                    FG.empty_figure("Relearn test: after a comparison", 360),
+                    gr.DownloadButton(value=None, interactive=False), gr.DownloadButton(value=None, interactive=False),
+                    gr.skip())
+
+        preset.change(on_reset_compare, None, cmp_outputs, api_visibility="private", queue=False)
+
         # --- API ------------------------------------------------------------------------------------
         gr.api(make_api_unlearn(names), api_name="unlearn", concurrency_id="engine", concurrency_limit=engine_limit,
                api_description="Run MAPE unlearning and return the results JSON (the same schema as "
                                "`python -m mape unlearn`).")
+        gr.api(make_api_compare(names), api_name="compare", concurrency_id="engine", concurrency_limit=engine_limit,
+               api_description="Compare methods against retraining and return the comparison JSON (the same "
+                               "schema as `python -m mape compare`).")
 
     demo.queue(default_concurrency_limit=4, max_size=32)
     _set_look(demo)
@@ -1035,6 +1154,61 @@ def _validate_request(preset_name: str, spec: str, cfg: dict, allowed: list[str]
     UnlearnConfig(**cfg).validate()
     if PRESETS[preset_name].kind != "hub" or _ws_key(preset_name) in _WS:
         select_forget(spec, get_dataset(preset_name), cfg["seed"])
+
+
+def _compare_request(preset_name: str, spec: str, methods, seeds, relearn, sparsity, retain_sample, tolerance,
+                     allowed: list[str] | None = None) -> dict:
+    """Validated comparison settings ({methods, seeds, relearn, config}); MapeError with a clear message."""
+    from mape.baselines import BaselineConfig, parse_methods
+    from mape.compare import parse_seeds
+
+    if isinstance(methods, str):
+        methods = [m for m in methods.split(",")]
+    specs = [m for m in parse_methods(list(methods or [])) if m.name != "retrain"] if methods else []
+    if not specs:
+        raise MapeError("Choose at least one method to compare (retrain is always run as the reference).")
+    if len(specs) > MAX_COMPARE_METHODS:
+        raise MapeError(f"At most {MAX_COMPARE_METHODS} methods at a time here; use `python -m mape compare` for more.")
+    seed_list = parse_seeds(seeds if seeds not in (None, "") else "0")
+    if len(seed_list) > MAX_COMPARE_SEEDS:
+        raise MapeError(f"At most {MAX_COMPARE_SEEDS} seeds at a time here; use `python -m mape compare` for more.")
+    try:
+        relearn = int(relearn if relearn not in (None, "") else 0)
+        cfg = _config("mlr", sparsity, "so", "auto", seed_list[0], False, retain_sample, 1, False, tolerance)
+    except (TypeError, ValueError):
+        raise MapeError("Relearn steps must be a whole number.") from None
+    if not 0 <= relearn <= MAX_RELEARN:
+        raise MapeError(f"Relearn steps must be between 0 and {MAX_RELEARN}.")
+    for s in seed_list:
+        _validate_request(preset_name, spec, {**cfg, "seed": s}, allowed)
+    config = {"sparsity": cfg["sparsity"], "retain_sample": cfg["retain_sample"], "tolerance": cfg["tolerance"]}
+    BaselineConfig(**config).validate()
+    return {"methods": [m.name for m in specs], "seeds": seed_list, "relearn": relearn, "config": config}
+
+
+def _compare_outputs(res, wall_s: float) -> tuple:
+    """Status, table, the three charts and the two downloads of a finished comparison."""
+    folder = Path(tempfile.mkdtemp(prefix="compare-", dir=_tmp_root()))
+    json_path, md_path = res.save(folder / "mape-compare.json")
+    best = res.best_method()
+    ref_t = res.results.get("retrain", {}).get("time_s", {}).get("mean")
+    done = f"Done in {wall_s:.1f} s." + (f" Closest to retrain: {best}." if best else "")
+    if ref_t is not None:
+        done += f" Retrain took {ref_t:.1f} s" + (" (from the cache)." if res.runs and all(
+            r["methods"]["retrain"].get("details", {}).get("cached") for r in res.runs) else ".")
+    relearn = (FG.relearn_figure(res.results, res.names()) if any("relearn" in res.results.get(n, {})
+                                                                  for n in res.names())
+               else FG.empty_figure("Relearn test: not run (relearn steps = 0)", 360))
+    return (_fmt_status("done", done), res.markdown(), _compare_chart(res.rows()),
+            FG.gap_time_figure(res.results, res.methods, best), relearn,
+            gr.DownloadButton(value=str(json_path), interactive=True),
+            gr.DownloadButton(value=str(md_path), interactive=True))
+
+
+def _compare_chart(rows: dict):
+    fig = FG.metrics_figure(rows)
+    fig.update_layout(legend=dict(orientation="h", y=-0.14, x=0.5, xanchor="center"), margin=dict(b=90))
+    return fig
 
 
 def _final_outputs(run: dict, wall_s: float, emit):
@@ -1203,6 +1377,38 @@ def make_api_unlearn(allowed: list[str]):
         return api_unlearn(preset, forget, objective, sparsity, update, seed, retrain, allowed)
 
     return unlearn
+
+
+def make_api_compare(allowed: list[str]):
+    """The ``/compare`` endpoint for the presets this app offers."""
+
+    def compare(preset: str = DEFAULT_PRESET, forget: str = "random:32", methods: str = ",".join(COMPARE_DEFAULT),
+                seeds: str = "0", sparsity: float = 0.9, relearn_steps: int = 0) -> dict:
+        """Compare unlearning methods against a retrained model and return the comparison JSON.
+
+        Args:
+            preset: preset name, e.g. minilm-bbc or vit-mnist.
+            forget: forget spec, e.g. random:128 or class:sport.
+            methods: comma-separated method names (mape, mape-norm, mape-random, salun, so, ft, ...).
+            seeds: comma-separated seeds, e.g. 0,1,2.
+            sparsity: fraction of units frozen by the MAPE variants, in (0, 1).
+            relearn_steps: fine-tuning steps on the forget set for the relearn test (0: none).
+        """
+        try:
+            req = _compare_request(preset, forget, methods, seeds, relearn_steps, sparsity,
+                                   int(os.environ.get("MAPE_APP_RETAIN_SAMPLE", "0") or 0) or None, 0.02, allowed)
+        except MapeError as exc:
+            raise gr.Error(str(exc), print_exception=False) from None
+        for event in engine_compare(preset, forget, req):
+            if event[0] == "error":
+                raise gr.Error(event[1], print_exception=False)
+            if event[0] == "cancelled":
+                raise gr.Error("The comparison was cancelled.", print_exception=False)
+            if event[0] == "done":
+                return event[1].to_json()
+        raise gr.Error("The comparison ended without a result.", print_exception=False)
+
+    return compare
 
 
 def api_unlearn(preset: str, forget: str, objective: str = "mlr", sparsity: float = 0.9, update: str = "so",

@@ -119,7 +119,11 @@ def textbox(page, elem_id: str):
 
 def status_text(page) -> str:
     """The run status line (without Gradio's progress overlay)."""
-    loc = page.locator("#run-status .mape-status")
+    return status_text_of(page, "run-status")
+
+
+def status_text_of(page, elem_id: str) -> str:
+    loc = page.locator(f"#{elem_id} .mape-status")
     return loc.first.inner_text() if loc.count() else ""
 
 
@@ -192,6 +196,31 @@ def check_downloads(page, spec: str, tmp_path: Path) -> None:
 
 
 # --------------------------------------------------------------------------- tests
+
+
+def check_compare(page, tmp_path: Path) -> None:
+    """The "Compare methods" view on the run's forget set (its retrain reference is cached by the run)."""
+    page.locator("#compare-methods input").click()
+    page.keyboard.press("Backspace")  # drop the last default method (salun): mape, mape-norm, mape-random
+    page.keyboard.press("Escape")
+    textbox(page, "compare-relearn").fill("2")
+    page.click("#compare-btn")
+    wait_until(lambda: any(w in status_text_of(page, "compare-status") for w in ("Done", "error", "Stopped")),
+               RUN_TIMEOUT_S, "the comparison to finish")
+    assert "Done" in status_text_of(page, "compare-status"), status_text_of(page, "compare-status")
+    table = page.inner_text("#compare-table")
+    for row in ("original (no unlearning)", "mape-norm", "mape-random", "retrain (reference)"):
+        assert row in table, table
+    assert "salun" not in table.split("Relearn")[0]
+    assert "Closest to retrain: mape" in status_text_of(page, "compare-status")  # one of the three MAPE variants
+    for plot in ("compare-plot", "compare-gap-plot", "compare-relearn-plot"):
+        assert page.locator(f"#{plot} svg.main-svg").count() >= 1, plot
+    assert "k=2" in table  # the relearn table: before + 2 steps
+    with page.expect_download(timeout=60_000) as dl:
+        page.click("#dl-compare-json")
+    res = json.loads(Path(dl.value.path()).read_text())
+    assert res["methods"] == ["mape", "mape-norm", "mape-random"] and res["forget"] == "class:3"
+    assert set(res["results"]) == {"original", "mape", "mape-norm", "mape-random", "retrain"}
 
 
 def test_text_preset_end_to_end(page, tmp_path):
@@ -286,4 +315,5 @@ def test_image_preset_end_to_end(page, tmp_path):
     wait_until(lambda: page.locator("#custom-predictions .mape-dist").count() == 3, 120, "test-image predictions (original, MAPE, retrain)")
 
     check_downloads(page, "class:3", tmp_path)
+    check_compare(page, tmp_path)
     screenshot(page, "image")

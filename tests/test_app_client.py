@@ -1,4 +1,4 @@
-"""The app's API endpoint ``unlearn`` through gradio_client, plus its UI-independent helpers.
+"""The app's API endpoints ``unlearn`` and ``compare`` through gradio_client, plus its UI-independent helpers.
 
 The app is launched in-process on a free port with the tiny presets (``tiny-bbc``: MiniLM, one epoch on
 400 BBC articles; ``tiny-mnist``: the small ViT, three epochs on 1,200 digits), so a fresh cache trains
@@ -8,6 +8,7 @@ the original models in seconds. Set ``MAPE_CACHE`` to keep them between runs.
 from __future__ import annotations
 
 import json
+import re
 import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -76,13 +77,15 @@ def check_result(res: dict, preset: str, spec: str, size: int, layers: int, head
     json.dumps(res, allow_nan=False)  # strict JSON
 
 
-def test_api_lists_only_unlearn(server):
+def test_api_lists_only_unlearn_and_compare(server):
     from gradio_client import Client
 
     info = Client(server, verbose=False).view_api(print_info=False, return_format="dict")
-    assert list(info["named_endpoints"]) == ["/unlearn"]
+    assert sorted(info["named_endpoints"]) == ["/compare", "/unlearn"]
     params = [p["parameter_name"] for p in info["named_endpoints"]["/unlearn"]["parameters"]]
     assert params == ["preset", "forget", "objective", "sparsity", "update", "seed", "retrain"]
+    params = [p["parameter_name"] for p in info["named_endpoints"]["/compare"]["parameters"]]
+    assert params == ["preset", "forget", "methods", "seeds", "sparsity", "relearn_steps"]
 
 
 def test_unlearn_endpoint_text(server):
@@ -104,6 +107,45 @@ def test_unlearn_endpoint_image_with_retrain(server):
     assert set(res["metrics"]) == {"original", "unlearned", "retrain"}
     assert set(res["gap_to_retrain"]) == {"original", "unlearned"}
     assert "test_forget_class_acc" in res["metrics"]["unlearned"]
+
+
+def test_compare_endpoint_against_retrain(server):
+    from gradio_client import Client
+
+    client = Client(server, verbose=False, download_files=False)
+    res = client.predict("tiny-mnist", "class:3", "mape, mape-random", "0", 0.9, 2, api_name="/compare")
+    assert res["preset"] == "tiny-mnist" and res["forget"] == "class:3" and res["seeds"] == [0]
+    assert res["methods"] == ["mape", "mape-random"] and res["reference"] == "retrain"
+    assert set(res["results"]) == {"original", "mape", "mape-random", "retrain"}
+    ref = res["results"]["retrain"]
+    assert ref["gap_to_retrain"]["mean"] == 0.0 and ref["forget_acc"]["mean"] < 0.05  # class 3 never seen
+    for name in ("original", "mape", "mape-random"):
+        e = res["results"][name]
+        fa, ra, ta, mia = (e[k]["mean"] for k in ("forget_acc", "retain_acc", "test_acc", "mia"))
+        expect = np.mean([abs(fa - ref["forget_acc"]["mean"]), abs(ra - ref["retain_acc"]["mean"]),
+                          abs(ta - ref["test_acc"]["mean"]), abs(mia - ref["mia"]["mean"])])
+        assert e["gap_to_retrain"]["mean"] == pytest.approx(expect, abs=1e-9)
+        assert len(e["relearn"]["mean"]) == 3  # before + 2 relearn steps
+    # MAPE forgets more of class 3 than the untouched original
+    assert res["results"]["mape"]["forget_acc"]["mean"] < res["results"]["original"]["forget_acc"]["mean"]
+    assert 0 < res["results"]["mape"]["params_changed"]["mean"] < res["total_params"]
+    json.dumps(res, allow_nan=False)
+
+
+def test_compare_endpoint_bad_input(server):
+    from gradio_client import Client
+    from gradio_client.exceptions import AppError
+
+    client = Client(server, verbose=False, download_files=False)
+    for methods, seeds, relearn, needle in [("mape,magic", "0", 0, "Unknown method 'magic'"),
+                                            ("", "0", 0, "at least one method"),
+                                            ("mape", "0,a", 0, "not a whole number"),
+                                            ("mape", "0,1,2,3,4,5", 0, "At most 5 seeds"),
+                                            ("mape", "0", 99, "between 0 and 10")]:
+        with pytest.raises(AppError, match=re.escape(needle)):
+            client.predict("tiny-mnist", "class:3", methods, seeds, 0.9, relearn, api_name="/compare")
+    with pytest.raises(AppError, match="Unknown class"):
+        client.predict("tiny-mnist", "class:eleven", "mape", "0", 0.9, 0, api_name="/compare")
 
 
 @pytest.mark.parametrize("forget, needle", [
