@@ -1162,9 +1162,8 @@ def _compare_request(preset_name: str, spec: str, methods, seeds, relearn, spars
     from mape.baselines import BaselineConfig, parse_methods
     from mape.compare import parse_seeds
 
-    if isinstance(methods, str):
-        methods = [m for m in methods.split(",")]
-    specs = [m for m in parse_methods(list(methods or [])) if m.name != "retrain"] if methods else []
+    names = [m.strip() for m in (methods.split(",") if isinstance(methods, str) else methods or []) if m and m.strip()]
+    specs = [m for m in parse_methods(names) if m.name != "retrain"] if names else []
     if not specs:
         raise MapeError("Choose at least one method to compare (retrain is always run as the reference).")
     if len(specs) > MAX_COMPARE_METHODS:
@@ -1399,14 +1398,7 @@ def make_api_compare(allowed: list[str]):
                                    int(os.environ.get("MAPE_APP_RETAIN_SAMPLE", "0") or 0) or None, 0.02, allowed)
         except MapeError as exc:
             raise gr.Error(str(exc), print_exception=False) from None
-        for event in engine_compare(preset, forget, req):
-            if event[0] == "error":
-                raise gr.Error(event[1], print_exception=False)
-            if event[0] == "cancelled":
-                raise gr.Error("The comparison was cancelled.", print_exception=False)
-            if event[0] == "done":
-                return event[1].to_json()
-        raise gr.Error("The comparison ended without a result.", print_exception=False)
+        return _api_outcome(engine_compare(preset, forget, req), "comparison").to_json()
 
     return compare
 
@@ -1422,14 +1414,19 @@ def api_unlearn(preset: str, forget: str, objective: str = "mlr", sparsity: floa
         _validate_request(preset, forget, cfg, allowed)
     except MapeError as exc:
         raise gr.Error(str(exc), print_exception=False) from None
-    for event in engine_run(preset, forget, cfg):
+    return _api_outcome(engine_run(preset, forget, cfg), "run")["result"]
+
+
+def _api_outcome(events, what: str):
+    """The value of an engine event stream's ("done", value); its error as a gr.Error otherwise."""
+    for event in events:
         if event[0] == "error":
             raise gr.Error(event[1], print_exception=False)
         if event[0] == "cancelled":
-            raise gr.Error("The run was cancelled.", print_exception=False)
+            raise gr.Error(f"The {what} was cancelled.", print_exception=False)
         if event[0] == "done":
-            return event[1]["result"]
-    raise gr.Error("The run ended without a result.", print_exception=False)
+            return event[1]
+    raise gr.Error(f"The {what} ended without a result.", print_exception=False)
 
 
 # --------------------------------------------------------------------------- look & launch

@@ -24,7 +24,6 @@ The last line printed is one JSON object with every number.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import statistics
 import sys
@@ -37,25 +36,12 @@ if str(ROOT) not in sys.path:
 
 import torch  # noqa: E402
 
+from bench.common import proc_status_mb, reset_peak_rss, sync as _sync  # noqa: E402
+
 FULL = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
             vocab_size=30522, n_forget=128, n_retain=2048, seq_len=64, batch_size=64)
 SMALL = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
              vocab_size=1000, n_forget=16, n_retain=64, seq_len=16, batch_size=16)
-
-
-def _rss_mb(field: str) -> float | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return None
-
-
-def _sync(dev):
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
 
 
 def timed(fn, dev, repeats: int, warmup: int = 1) -> dict:
@@ -66,8 +52,7 @@ def timed(fn, dev, repeats: int, warmup: int = 1) -> dict:
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
     else:
-        with contextlib.suppress(OSError):
-            Path("/proc/self/clear_refs").write_text("5")
+        reset_peak_rss()
     secs = []
     out = None
     for _ in range(repeats):
@@ -76,7 +61,7 @@ def timed(fn, dev, repeats: int, warmup: int = 1) -> dict:
         out = fn()
         _sync(dev)
         secs.append(time.perf_counter() - t0)
-    peak = (torch.cuda.max_memory_allocated(dev) / 2**20) if dev.type == "cuda" else _rss_mb("VmHWM")
+    peak = (torch.cuda.max_memory_allocated(dev) / 2**20) if dev.type == "cuda" else proc_status_mb("VmHWM")
     res = {"median_s": round(statistics.median(secs), 4), "min_s": round(min(secs), 4),
            "runs_s": [round(s, 4) for s in secs], "peak_mb": None if peak is None else round(peak, 1)}
     return res, out

@@ -228,3 +228,40 @@ def test_empty_figure():
     assert fig.layout.height == 300
     assert fig.layout.annotations[0].text == "Run the search to see heads"
     assert len(fig.data) == 0
+
+
+# --------------------------------------------------------------------------- comparison
+
+
+def _results():
+    def e(**kw):
+        return {k: {"mean": v[0], "std": v[1]} for k, v in kw.items()}
+
+    res = {"original": e(gap_to_retrain=(0.30, 0.0)),
+           "mape": e(gap_to_retrain=(0.012, 0.004), time_s=(4.0, 0.5)),
+           "salun": e(gap_to_retrain=(0.07, 0.0), time_s=(1.5, 0.1)),
+           "ft": e(gap_to_retrain=(None, None), time_s=(9.0, 0.0)),
+           "retrain": e(gap_to_retrain=(0.0, 0.0), time_s=(120.0, 0.0))}
+    res["mape"]["relearn"] = {"mean": [0.0, 0.2, 0.6], "std": [0.0, 0.05, 0.1]}
+    res["retrain"]["relearn"] = {"mean": [0.0, 0.1, 0.3], "std": [0.0, 0.0, 0.0]}
+    return res
+
+
+def test_gap_time_figure_places_methods_and_the_retrain_line():
+    fig = figures.gap_time_figure(_results(), ["mape", "salun", "ft"], best="mape")
+    by_name = {t.name: t for t in fig.data}
+    assert set(by_name) == {"mape", "salun"}  # ft has no gap: left out, not drawn at 0
+    assert by_name["mape"].x[0] == 4.0 and by_name["mape"].y[0] == pytest.approx(1.2)
+    assert list(by_name["mape"].error_y.array) == [pytest.approx(0.4)]
+    assert by_name["mape"].marker.size > by_name["salun"].marker.size  # the best is emphasised
+    assert fig.layout.xaxis.type == "log"
+    assert [s.x0 for s in fig.layout.shapes] == [120.0]  # retrain's time
+    assert fig.layout.height and _title(fig)
+
+
+def test_relearn_figure_one_line_per_model_with_curves():
+    fig = figures.relearn_figure(_results(), ["original", "mape", "salun", "retrain"])
+    assert [t.name for t in fig.data] == ["mape", "retrain (reference)"]
+    assert list(fig.data[0].y) == pytest.approx([0.0, 20.0, 60.0])
+    assert fig.data[1].line.dash == "dash"
+    assert fig.layout.xaxis.range[1] == pytest.approx(2.2)

@@ -1,0 +1,50 @@
+"""The benchmark script (bench/run.py): marked sections of BENCHMARKS.md and small real runs."""
+
+import json
+import re
+
+from bench import run as bench
+
+
+def test_merge_section_appends_then_replaces_only_its_own_section(tmp_path):
+    md = tmp_path / "B.md"
+    bench.merge_section(md, "quality/a", "first A")
+    bench.merge_section(md, "speed/b", "only B")
+    bench.merge_section(md, "quality/a", "second A")
+    text = md.read_text()
+    assert text.startswith("# Benchmarks")
+    assert "second A" in text and "first A" not in text and "only B" in text
+    assert text.count("<!-- bench:quality/a -->") == 1 and text.count("<!-- /bench:quality/a -->") == 1
+    assert text.index("second A") < text.index("only B")  # replaced in place, not moved to the end
+
+
+def test_quality_and_speed_sections_from_real_runs(tmp_path, capsys):
+    md, results = tmp_path / "B.md", tmp_path / "results"
+    common = ["--preset", "test-vit-mnist", "--train-limit", "300", "--output", str(md), "--results-dir",
+              str(results), "--quiet", "--device", "cpu"]
+    assert bench.main(["quality", *common, "--methods", "mape,so", "--seeds", "0", "--forget-sets", "class:3",
+                       "--relearn", "1"]) == 0
+    text = md.read_text()
+    assert "## Quality · test-vit-mnist, train limit 300 · forget `class:3`" in text
+    assert "Command: `python bench/run.py quality --preset test-vit-mnist" in text
+    for row in ("| original (no unlearning) |", "| mape |", "| so |", "| retrain (reference) |"):
+        assert row in text
+    res = json.loads((results / "quality-test-vit-mnist-n300-class_3.json").read_text())
+    assert res["methods"] == ["mape", "so"] and res["seeds"] == [0]
+    assert res["results"]["retrain"]["gap_to_retrain"]["mean"] == 0.0
+
+    assert bench.main(["speed", *common, "--methods", "mape", "--forget", "random:16"]) == 0
+    text = md.read_text()
+    assert "| mape |" in text and "## Speed · test-vit-mnist" in text and "Quality · test-vit-mnist" in text
+    speed = json.loads((results / "speed-test-vit-mnist-n300-cpu.json").read_text())
+    row = speed["methods"][0]
+    assert row["total_s"] > 0 and speed["retrain"]["total_s"] > 0
+    assert row["speedup_vs_retrain"] == speed["retrain"]["total_s"] / row["total_s"]
+    assert re.search(r"\| mape \| [\d.]+ \| [\d.]+ \| [\d.]+ \| .* \| [\d,.]+× \|", text)
+
+
+def test_bad_input_exits_2_with_one_line(tmp_path, capsys):
+    assert bench.main(["quality", "--preset", "no-such-preset", "--output", str(tmp_path / "B.md"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "\n" not in err
+    assert bench.main(["speed", "--preset", "test-vit-mnist", "--repeats", "0", "--quiet"]) == 2
