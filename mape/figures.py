@@ -89,6 +89,18 @@ def _unit_hover(sel: np.ndarray, unit: str, scores: np.ndarray | None = None) ->
     ]
 
 
+def _unit_grid(sel: np.ndarray, z, x, hover, zmax: int, scale, colorbar: dict, xgap: float, title: str,
+               height: int, xaxis: dict, margin_b: int = 50) -> go.Figure:
+    """A layers x units heatmap (layer 0 at the bottom) titled with "(selected of total)"."""
+    fig = go.Figure(go.Heatmap(z=z, x=x, y=list(range(sel.shape[0])), text=hover,
+                               hovertemplate="%{text}<extra></extra>", zmin=0, zmax=zmax, colorscale=scale,
+                               colorbar=colorbar, xgap=xgap, ygap=1))
+    fig.update_layout(title=_title(f"{title} ({int(sel.sum())} of {sel.size})"), height=height,
+                      margin=dict(l=70, r=20, t=50, b=margin_b), xaxis=xaxis, yaxis=_layer_axis(sel.shape[0]),
+                      plot_bgcolor="white")
+    return fig
+
+
 def head_heatmap(
     selected: np.ndarray,
     scores: np.ndarray | None = None,
@@ -105,31 +117,9 @@ def head_heatmap(
         sc = _as_2d(scores, "scores").astype(float)
         if sc.shape != sel.shape:
             raise ValueError(f"scores shape {sc.shape} does not match selected shape {sel.shape}.")
-    fig = go.Figure(
-        go.Heatmap(
-            z=sel.astype(int),
-            x=list(range(n_heads)),
-            y=list(range(n_layers)),
-            text=_unit_hover(sel, "head", sc),
-            hovertemplate="%{text}<extra></extra>",
-            zmin=0,
-            zmax=1,
-            colorscale=_BINARY_SCALE,
-            colorbar=_BINARY_COLOURBAR,
-            xgap=1,
-            ygap=1,
-        )
-    )
-    n_sel = int(sel.sum())
-    fig.update_layout(
-        title=_title(f"{title} ({n_sel} of {sel.size})"),
-        height=_grid_height(n_layers),
-        margin=dict(l=70, r=20, t=50, b=45),
-        xaxis=dict(title="head", tickmode="linear", dtick=1 if n_heads <= 32 else None, range=[-0.5, n_heads - 0.5]),
-        yaxis=_layer_axis(n_layers),
-        plot_bgcolor="white",
-    )
-    return fig
+    xaxis = dict(title="head", tickmode="linear", dtick=1 if n_heads <= 32 else None, range=[-0.5, n_heads - 0.5])
+    return _unit_grid(sel, sel.astype(int), list(range(n_heads)), _unit_hover(sel, "head", sc), 1, _BINARY_SCALE,
+                      _BINARY_COLOURBAR, 1, title, _grid_height(n_layers), xaxis, margin_b=45)
 
 
 def _bin_edges(n_filters: int, bins: int) -> np.ndarray:
@@ -189,31 +179,7 @@ def filter_heatmap(
         z, hover, x, zmax = sel.astype(int), _unit_hover(sel, "filter"), list(range(n_filters)), 1
         scale, colorbar = _BINARY_SCALE, _BINARY_COLOURBAR
         xaxis = dict(title="filter", type="linear", dtick=max(1, n_filters // 16), tickangle=0)
-    fig = go.Figure(
-        go.Heatmap(
-            z=z,
-            x=x,
-            y=list(range(n_layers)),
-            text=hover,
-            hovertemplate="%{text}<extra></extra>",
-            zmin=0,
-            zmax=zmax,
-            colorscale=scale,
-            colorbar=colorbar,
-            xgap=0.5,
-            ygap=1,
-        )
-    )
-    n_sel = int(sel.sum())
-    fig.update_layout(
-        title=_title(f"{title} ({n_sel} of {sel.size})"),
-        height=max(300, 70 + 34 * n_layers),
-        margin=dict(l=70, r=20, t=50, b=50),
-        xaxis=xaxis,
-        yaxis=_layer_axis(n_layers),
-        plot_bgcolor="white",
-    )
-    return fig
+    return _unit_grid(sel, z, x, hover, zmax, scale, colorbar, 0.5, title, max(300, 70 + 34 * n_layers), xaxis)
 
 
 def layer_counts_figure(heads: np.ndarray, filters: np.ndarray) -> go.Figure:
