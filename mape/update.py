@@ -13,8 +13,7 @@ Every rule writes through :class:`MaskedParams`, which sets each parameter to
 
 Step size ``auto``: candidates are tried with forward passes only, on a forget and a retain check
 sample, until forget accuracy reaches the target (what a retrained model would score on D_f) while
-retain accuracy stays within ``tolerance`` of the original's; the chosen value is reported. When even
-the smallest grid value overshoots the target (or breaks the tolerance), η/3, η/9, η/27 are tried.
+retain accuracy stays within ``tolerance`` of the original's; the chosen value is reported.
 """
 
 from __future__ import annotations
@@ -45,10 +44,6 @@ class Target:
 
     def reached(self, fa: float) -> bool:
         return fa <= self.forget_acc + self.slack + 1e-9
-
-    def overshot(self, fa: float) -> bool:
-        """Forget accuracy below the target by more than the slack: the step went too far."""
-        return fa < self.forget_acc - self.slack - 1e-9
 
 
 @dataclass
@@ -142,7 +137,7 @@ def so_update(task: TaskModel, mp: MaskedParams, direction: dict, step, evaluate
         fa, ra = evaluate()
         trials.append({"step": eta, "forget_acc": fa, "retain_acc": ra})
         if progress:
-            progress("step size", min(1.0, len(trials) / (len(SO_GRID) + 5)))
+            progress("step size", min(1.0, len(trials) / (len(SO_GRID) + 2)))
         return fa, ra
 
     lo = 0.0
@@ -153,15 +148,6 @@ def so_update(task: TaskModel, mp: MaskedParams, direction: dict, step, evaluate
             hi = eta
             break
         lo = eta
-    if hi == SO_GRID[0] and (target.overshot(fa) or not target.feasible(ra)):
-        # even the smallest grid step goes too far (typical of follow-up steps): look below it
-        for eta in (hi / 3, hi / 9, hi / 27):
-            fa, ra = trial(eta)
-            if target.overshot(fa) or not target.feasible(ra):
-                hi = eta
-            else:
-                lo = eta
-                break
     if hi is not None and lo > 0:
         for _ in range(2):  # bisection in log space between the last two grid points
             mid = math.sqrt(lo * hi)
