@@ -64,7 +64,7 @@ class UnlearnConfig:
     batch_size: int = 32
     tolerance: float = 0.02
     damping: float = 0.01            # λ = damping · mean(Î_r over the selection)
-    so_steps: int = 5                # auto: at most this many so steps (each re-estimates ∇L(D_f))
+    so_steps: int = 5                # auto: at most this many so steps (follow-ups: ∇L on D_f left − ∇L_r)
     lr: float | None = None          # iterative rules; None: the preset's training lr
 
     def validate(self) -> None:
