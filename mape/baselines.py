@@ -53,6 +53,7 @@ import torch.nn.functional as Fn
 from mape.errors import MapeError
 from mape.forget import ForgetSet
 from mape.models import Encoded, TaskModel
+from mape.scoring import param_stats
 from mape.train import Recipe, _embedding_params, train
 from mape.update import (UPDATES, MaskedParams, Target, UpdateReport, accuracy, iterative_update,
                          so_direction, so_update)
@@ -181,15 +182,6 @@ def count_changed(before: torch.nn.Module, after: torch.nn.Module) -> int:
         for p, q in zip(before.parameters(), after.parameters()):
             total += int((p.detach() != q.detach().to(p.device)).sum())
     return total
-
-
-def param_stats(task: TaskModel, enc: Encoded, params: list, mode: str, batch_size: int) -> dict:
-    """Per parameter: ``grad`` = ∇ of the mean loss, ``fisher`` = per-example diagonal Fisher
-    (Σ_b s_b² / N with s_b the summed-loss gradient of batch b; see ``mape.scoring``)."""
-    from mape.scoring import _gate_pass
-
-    _, _, acc = _gate_pass(task, enc, batch_size, False, params, mode, None, mode)
-    return acc
 
 
 @dataclass

@@ -24,7 +24,7 @@ from mape.forget import ForgetSet, select_forget
 from mape.metrics import accuracy, gap_to_retrain, mia_efficacy
 from mape.models import Encoded, TaskModel, parameter_count
 from mape.presets import Preset, build_start_model, custom_preset, get_preset, load_dataset_for
-from mape.scoring import OBJECTIVES, sample_retain
+from mape.scoring import OBJECTIVES, param_stats, sample_retain
 from mape.search import Selection, search
 from mape.train import train
 from mape.update import (UPDATES, MaskedParams, Target, UpdateReport, iterative_update, so_direction,
@@ -404,8 +404,6 @@ def _so_steps(task, mp: MaskedParams, mg, forget_enc: Encoded, retain_enc: Encod
     correctly* (the ones left to forget; the others would dominate the loss gradient) minus the
     retain sample's (repairing what the previous steps cost): d = M ⊙ (Î_r + λ)⁻¹ ⊙ (∇L_f,left − ∇L_r).
     The retain Fisher Î_r is kept. The report lists every step's trials (``round`` = step number)."""
-    from mape.scoring import _gate_pass
-
     prog = (lambda s, f: progress(s, f)) if progress else None
     report = so_update(task, mp, so_direction(mp, mg.param_forget_grad, mg.param_retain_fisher, config.damping),
                        config.step, evaluate, target, progress=prog)
@@ -417,8 +415,8 @@ def _so_steps(task, mp: MaskedParams, mg, forget_enc: Encoded, retain_enc: Encod
             break
         if progress:
             progress(f"so step {len(steps) + 1}: gradients on {len(left)} example(s) not yet forgotten", 0.0)
-        *_, grad_f = _gate_pass(task, forget_enc.take(left), config.batch_size, False, params, "grad", None, "so")
-        *_, grad_r = _gate_pass(task, retain_enc, config.batch_size, False, params, "grad", None, "so")
+        grad_f = param_stats(task, forget_enc.take(left), params, "grad", config.batch_size)
+        grad_r = param_stats(task, retain_enc, params, "grad", config.batch_size)
         here = MaskedParams(mp.masks)  # the next step starts from the current point
         direction = so_direction(here, {p: grad_f[p] - grad_r[p] for p in params}, mg.param_retain_fisher,
                                  config.damping)

@@ -113,6 +113,13 @@ def _gate_pass(task: TaskModel, enc: Encoded, batch_size: int, keep_batches: boo
     return stats[0], stats[1], acc
 
 
+def param_stats(task: TaskModel, enc: Encoded, params: list, mode: str, batch_size: int) -> dict:
+    """Per parameter: ``grad`` = ∇ of the mean loss, ``fisher`` = per-example diagonal Fisher
+    (Σ_b s_b² / N with s_b the summed-loss gradient of batch b; the scale convention above)."""
+    _, _, acc = _gate_pass(task, enc, batch_size, False, params, mode, None, mode)
+    return acc
+
+
 def mask_gradients(task: TaskModel, forget: Encoded, retain: Encoded, batch_size: int = 32,
                    with_params: bool = False, progress: Progress | None = None) -> MaskGrads:
     """Gate gradients on D_f and on a retain sample (optionally parameter statistics too)."""
