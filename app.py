@@ -180,7 +180,7 @@ def cached_on_disk(name: str) -> bool | None:
     except MapeError:
         return None
     key = cache.cache_key(_model_key(preset, ds, _ws_key(name)[1]))
-    return (cache.entry_dir("original", key) / "model.safetensors").exists()
+    return cache.has_model("original", key)
 
 
 def device_badge() -> str:

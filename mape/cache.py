@@ -2,8 +2,11 @@
 
 Layout: ``<cache>/<kind>/<key>/{model.safetensors, meta.json}``; ``meta.json`` holds the SHA-256 of
 the weights file, so a truncated or corrupted entry is detected and rebuilt instead of loaded.
-An entry is written into a temporary folder next to its final place and moved there with one
-``os.replace``, so a killed process leaves either the old entry or the new one, never half of one.
+An entry is written into a temporary folder ``.<key>.*`` next to its final place. To publish it, the
+old entry (if any) is renamed aside to ``.<key>.old.*`` (one atomic rename), the new one is renamed in,
+and only then is the old one removed. A process killed at any point therefore leaves the old entry or
+the new one, never half of one: if it dies between the two renames, the entry's own folder is missing
+and :func:`load_model` restores the newest intact ``.<key>.*`` copy (checksum verified) in its place.
 Weights are read with safetensors only (no pickle).
 """
 
@@ -42,8 +45,13 @@ def entry_dir(kind: str, key: str) -> Path:
     return cache_root() / kind / key
 
 
+def _complete(folder: Path) -> bool:
+    return (folder / "model.safetensors").is_file() and (folder / "meta.json").is_file()
+
+
 def _remove_stale_temporaries(folder: Path, key: str, older_than_s: float = 3600.0) -> None:
-    """Temporary folders left by a killed writer (never loadable) are removed after an hour."""
+    """Leftovers of a killed writer are removed after an hour (called right after a new entry
+    was published, so none of them can be the only intact copy)."""
     import time
 
     for leftover in folder.glob(f".{key}.*"):
@@ -57,37 +65,95 @@ def _remove_stale_temporaries(folder: Path, key: str, older_than_s: float = 3600
 def save_model(kind: str, key: str, model, meta: dict) -> Path:
     final = entry_dir(kind, key)
     final.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_temporaries(final.parent, key)
     tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=final.parent))
+    aside = None
     try:
         state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
         save_file(state, str(tmp / "model.safetensors"))
         meta = {**meta, "sha256": _sha256(tmp / "model.safetensors")}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1, default=str))
         if final.exists():
-            shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
+            aside = Path(tempfile.mkdtemp(prefix=f".{key}.old.", dir=final.parent))
+            os.replace(final, aside)  # atomic: the old entry is now only under its aside name
+        try:
+            os.replace(tmp, final)  # atomic: the new entry is published
+        except BaseException:
+            if aside is not None and not final.exists():
+                os.replace(aside, final)  # the old entry goes back where it was
+                aside = None
+            raise
+        _remove_stale_temporaries(final.parent, key)
     finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        for leftover in (tmp, aside):
+            if leftover is not None and leftover.exists():
+                shutil.rmtree(leftover, ignore_errors=True)
     return final
 
 
+def _read_entry(folder: Path, model) -> dict:
+    """Load a verified entry into ``model``; raises on anything missing, corrupt or mismatched."""
+    weights, meta_path = folder / "model.safetensors", folder / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    if not isinstance(meta, dict) or meta.get("sha256") != _sha256(weights):
+        raise ValueError("checksum mismatch")
+    state = load_file(str(weights))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"keys differ: {missing[:3]} {unexpected[:3]}")
+    return meta
+
+
+def _verified(folder: Path) -> bool:
+    try:
+        meta = json.loads((folder / "meta.json").read_text())
+        return isinstance(meta, dict) and meta.get("sha256") == _sha256(folder / "model.safetensors")
+    except (OSError, ValueError):
+        return False
+
+
+def _restore_from_leftovers(kind: str, key: str) -> bool:
+    """A writer killed between its two renames leaves the entry missing and the old (or the fully
+    written new) copy under a ``.<key>.*`` name. Copy the newest verified one back in place."""
+    final = entry_dir(kind, key)
+    if not final.parent.is_dir():
+        return False
+    candidates = [d for d in final.parent.glob(f".{key}.*") if d.is_dir() and _complete(d)]
+    candidates.sort(key=lambda d: (d / "meta.json").stat().st_mtime, reverse=True)
+    for candidate in candidates:
+        if not _verified(candidate):
+            continue
+        staging = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=final.parent))
+        try:
+            for name in ("model.safetensors", "meta.json"):
+                shutil.copy2(candidate / name, staging / name)
+            if final.exists():  # another process published meanwhile: keep theirs
+                return True
+            os.replace(staging, final)
+            shutil.rmtree(candidate, ignore_errors=True)
+            return True
+        except OSError:
+            return final.exists()
+        finally:
+            if staging.exists():
+                shutil.rmtree(staging, ignore_errors=True)
+    return False
+
+
+def has_model(kind: str, key: str) -> bool:
+    """Whether an entry is on disk (or can be restored from a killed writer's intact copy)."""
+    return _complete(entry_dir(kind, key)) or _restore_from_leftovers(kind, key)
+
+
 def load_model(kind: str, key: str, model) -> dict | None:
-    """Load weights into ``model``; None when missing or corrupt (a corrupt entry is removed)."""
+    """Load weights into ``model``; None when missing or corrupt (a corrupt entry is removed).
+    Names starting with a dot are a writer's private folders, never entries."""
+    if not key or key.startswith("."):
+        return None
     d = entry_dir(kind, key)
-    weights, meta_path = d / "model.safetensors", d / "meta.json"
-    if not weights.exists() or not meta_path.exists():
+    if not _complete(d) and not _restore_from_leftovers(kind, key):
         return None
     try:
-        meta = json.loads(meta_path.read_text())
-        if meta.get("sha256") != _sha256(weights):
-            raise ValueError("checksum mismatch")
-        state = load_file(str(weights))
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        if missing or unexpected:
-            raise ValueError(f"keys differ: {missing[:3]} {unexpected[:3]}")
-        return meta
+        return _read_entry(d, model)
     except Exception:
         shutil.rmtree(d, ignore_errors=True)
         return None

@@ -266,7 +266,7 @@ def retrain_cache_key(ws: Workspace, forgotten: np.ndarray) -> tuple[str, str]:
 def cached_retrain(ws: Workspace, forgotten: np.ndarray) -> TaskModel | None:
     """The retrained model if it is already in the disk cache, else None (never trains)."""
     key, _ = retrain_cache_key(ws, forgotten)
-    if not (cache.entry_dir("retrain", key) / "model.safetensors").exists():
+    if not cache.has_model("retrain", key):
         return None
     return retrain_model(ws, np.asarray(forgotten))[0]
 

@@ -254,6 +254,82 @@ def test_killed_writer_leaves_no_corrupt_cache(tmp_path, monkeypatch, delay):
             assert cache.load_model("original", d.name, model) is None
 
 
+KILL_BETWEEN_RENAMES = textwrap.dedent("""
+    import os, signal, torch
+    from mape import cache
+    def filled(value):
+        model = torch.nn.Linear(8, 8)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.fill_(value)
+        return model
+    cache.save_model("original", "k", filled(1.0), {"iteration": 1})
+    real_replace, calls = os.replace, []
+    def replace_then_die(src, dst):
+        real_replace(src, dst)
+        calls.append(dst)
+        if len(calls) == 1:  # the old entry has just been renamed aside
+            os.kill(os.getpid(), signal.SIGKILL)
+    cache.os.replace = replace_then_die
+    cache.save_model("original", "k", filled(2.0), {"iteration": 2})
+""")
+
+
+def test_writer_killed_between_its_two_renames_leaves_the_old_entry(tmp_path, monkeypatch):
+    env = {**os.environ, "MAPE_CACHE": str(tmp_path), "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "-c", KILL_BETWEEN_RENAMES], env=env, timeout=120)
+    assert proc.returncode == -signal.SIGKILL
+    folder = tmp_path / "original"
+    assert not (folder / "k").exists()  # the window the test is about: only the aside copy is left
+    leftovers = [d.name for d in folder.iterdir()]
+    assert leftovers and all(name.startswith(".k.") for name in leftovers)
+    monkeypatch.setenv("MAPE_CACHE", str(tmp_path))
+    assert cache.has_model("original", "k")  # restored from the intact copy
+    loaded = torch.nn.Linear(8, 8)
+    meta = cache.load_model("original", "k", loaded)
+    assert meta is not None and meta["iteration"] in (1, 2)  # the old entry or the fully written new one
+    assert torch.all(torch.cat([p.detach().flatten() for p in loaded.parameters()]) == meta["iteration"])
+    assert cache.load_model("original", ".k.old", torch.nn.Linear(8, 8)) is None  # never by a private name
+
+
+def test_failed_publish_puts_the_old_entry_back(tmp_path, monkeypatch):
+    monkeypatch.setenv("MAPE_CACHE", str(tmp_path))
+    old_model = torch.nn.Linear(8, 8)
+    cache.save_model("original", "k", old_model, {"iteration": 1})
+    real_replace, calls = os.replace, []
+
+    def replace_failing_second(src, dst):
+        calls.append(dst)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(cache.os, "replace", replace_failing_second)
+    with pytest.raises(OSError):
+        cache.save_model("original", "k", torch.nn.Linear(8, 8), {"iteration": 2})
+    monkeypatch.setattr(cache.os, "replace", real_replace)
+    loaded = torch.nn.Linear(8, 8)
+    assert cache.load_model("original", "k", loaded)["iteration"] == 1
+    assert torch.equal(loaded.weight, old_model.weight)
+    assert [d.name for d in (tmp_path / "original").iterdir()] == ["k"]  # nothing left behind
+
+
+def test_restore_picks_the_newest_intact_leftover(tmp_path, monkeypatch):
+    monkeypatch.setenv("MAPE_CACHE", str(tmp_path))
+    models = [torch.nn.Linear(8, 8) for _ in range(3)]
+    folder = tmp_path / "original"
+    for i, (model, name) in enumerate(zip(models, [".k.old.a", ".k.b", ".k.c"])):
+        cache.save_model("original", "k", model, {"iteration": i})
+        os.replace(folder / "k", folder / name)
+        stamp = time.time() - 100 + 10 * i
+        os.utime(folder / name / "meta.json", (stamp, stamp))
+    (folder / ".k.c" / "model.safetensors").write_bytes(b"truncated")  # newest, but corrupt
+    loaded = torch.nn.Linear(8, 8)
+    assert cache.load_model("original", "k", loaded)["iteration"] == 1
+    assert torch.equal(loaded.weight, models[1].weight)
+    assert (folder / "k").is_dir() and not (folder / ".k.b").exists()
+
+
 def _saved_entry(tmp_path, monkeypatch):
     monkeypatch.setenv("MAPE_CACHE", str(tmp_path))
     model = torch.nn.Linear(64, 64)
