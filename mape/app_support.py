@@ -571,7 +571,8 @@ with $M$ the parameters owned by the selected units, $\hat I_r$ the diagonal par
 $\lambda$ a damping term (so $\eta$ is relative: the fraction of $\lVert\theta_M\rVert$ the step moves). Every other
 parameter stays **bit-identical**. With step size **auto**, $\eta$ is chosen from a small grid by forward passes only,
 so that forget accuracy falls to what a retrained model would score on $D_f$ (for a random forget set: the
-held-out accuracy on the same classes; for a whole class: 0) while retain accuracy stays within a tolerance.
+original's accuracy, per class, on training examples it never saw (those a training limit left out; else the test
+set); for a whole class: 0) while retain accuracy stays within a tolerance.
 If one step cannot get there within the tolerance, up to four more steps follow, each from the point reached and
 along $M \odot (\hat I_r + \lambda)^{-1} \odot (\nabla_\theta \mathcal{L}(D_f^{\text{left}}) - \nabla_\theta
 \mathcal{L}(D_r))$, where $D_f^{\text{left}}$ are the forget examples still classified correctly: the already

@@ -363,7 +363,7 @@ def run_method(ws, method: str | MethodSpec, forget: ForgetSet, seed: int = 0, c
     ctx = _context(ws, forget, seed, config, forgotten)
     task = base.clone()
     torch.manual_seed(seed)
-    from mape.pipeline import forget_target
+    from mape.pipeline import forget_target_estimate
 
     evaluate = _evaluator(task, ctx)
     t0 = time.perf_counter()
@@ -377,7 +377,9 @@ def run_method(ws, method: str | MethodSpec, forget: ForgetSet, seed: int = 0, c
             details["mask_fraction"] = config.salun_fraction
         mp = MaskedParams(masks)
         _, ra0 = evaluate()
-        target = Target(forget_target(ws, forget), ra0, config.tolerance)
+        target_fa, target_source = forget_target_estimate(ws, forget)
+        target = Target(target_fa, ra0, config.tolerance)
+        details["forget_target"] = {"forget_acc": round(target_fa, 6), "source": target_source}
         if spec.update == "so":
             params = list(mp.masks)
             grad_f = param_stats(task, ctx.forget_enc, params, "grad", config.batch_size)

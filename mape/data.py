@@ -54,6 +54,9 @@ class Dataset:
     classes: list[str]
     train: Split
     test: Split
+    # training-distribution examples left out by a training limit: never trained on by the original
+    # or any retrained model, so the best estimate of a retrained model's accuracy on D_f
+    unseen: Split | None = None
 
     def class_index(self, label: str | int) -> int:
         """Label id from a class name (case-insensitive) or number."""
@@ -413,7 +416,8 @@ def _has_labels(part, label_col) -> bool:
 
 
 def subsample_train(ds: Dataset, limit: int | None, seed: int) -> Dataset:
-    """A seeded, roughly stratified subset of ``limit`` training examples (test untouched)."""
+    """A seeded, roughly stratified subset of ``limit`` training examples (test untouched); the
+    training examples left out are kept as ``unseen``."""
     n = len(ds.train)
     if limit is None or limit >= n:
         return ds
@@ -424,5 +428,6 @@ def subsample_train(ds: Dataset, limit: int | None, seed: int) -> Dataset:
     for c in np.unique(ds.train.y):
         idx = np.flatnonzero(ds.train.y == c)
         keys[idx[rng.permutation(len(idx))]] = (np.arange(len(idx)) + rng.random(len(idx))) / len(idx)
-    chosen = np.sort(np.argsort(keys, kind="stable")[:limit])
-    return dataclasses.replace(ds, train=ds.train.take(chosen))
+    order = np.argsort(keys, kind="stable")
+    chosen, rest = np.sort(order[:limit]), np.sort(order[limit:])
+    return dataclasses.replace(ds, train=ds.train.take(chosen), unseen=ds.train.take(rest))

@@ -33,6 +33,7 @@ from mape.update import (UPDATES, MaskedParams, Target, UpdateReport, iterative_
 Progress = Callable[..., None]   # progress(stage: str, fraction: float, selection: Selection | None = None)
 
 RETAIN_EVAL_SIZE = 1000   # the fixed retain sample for retain accuracy / MIA
+UNSEEN_EVAL_SIZE = 1000   # unused training examples (training limit) for the forget target
 CHECK_SIZE = 128          # forget / retain check samples for the auto step size
 
 
@@ -109,6 +110,7 @@ class Workspace:
         self.test_y = np.asarray(dataset.test.y)
         self._probs: dict[int, np.ndarray] = {}
         self._test_probs: np.ndarray | None = None
+        self._unseen: tuple[np.ndarray, np.ndarray] | None = None
         self.total_params = parameter_count(task.model)
 
     def original_train_probs(self, idx: np.ndarray) -> np.ndarray:
@@ -118,6 +120,19 @@ class Workspace:
             probs = self.task.predict_proba(self.train_enc.take(missing))
             self._probs.update(zip(missing.tolist(), probs))
         return np.stack([self._probs[int(i)] for i in idx]) if len(idx) else np.zeros((0, len(self.dataset.classes)))
+
+    def original_unseen_probs(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """Original-model probabilities and labels on a seeded sample (≤ UNSEEN_EVAL_SIZE) of the
+        training examples a training limit left out; None without such examples (memoised)."""
+        unseen = getattr(self.dataset, "unseen", None)
+        if unseen is None or len(unseen) == 0:
+            return None
+        if self._unseen is None:
+            rng = np.random.default_rng(4321)
+            idx = np.sort(rng.permutation(len(unseen))[:UNSEEN_EVAL_SIZE])
+            sample = unseen.take(idx)
+            self._unseen = (self.task.predict_proba(self.task.encode(sample)), np.asarray(sample.y))
+        return self._unseen
 
     def original_test_probs(self) -> np.ndarray:
         if self._test_probs is None:
@@ -245,16 +260,25 @@ def evaluate_model(ws: Workspace, task: TaskModel, forget: ForgetSet, retain_idx
                           retain_idx, task.predict_proba(ws.test_enc), seed)
 
 
-def forget_target(ws: Workspace, forget: ForgetSet) -> float:
-    """Forget accuracy a model that never saw D_f would score: 0 for a whole class, else the original's
-    held-out accuracy per class weighted by the forget set's class mix."""
+def forget_target_estimate(ws: Workspace, forget: ForgetSet) -> tuple[float, str]:
+    """(forget accuracy a model that never saw D_f would score, where the estimate comes from).
+    0 for a whole class. Otherwise the original's accuracy per class, weighted by the forget set's
+    class mix, on examples it never trained on: training examples a training limit left out when there
+    are some (same distribution as D_f), else the test set (which can differ from the training data:
+    SST-2's short training phrases are easier than its full test sentences)."""
     if forget.forget_class is not None:
-        return 0.0
-    probs, ty = ws.original_test_probs(), ws.test_y
-    correct = probs.argmax(1) == ty
+        return 0.0, "whole class"
+    unseen = ws.original_unseen_probs()
+    if unseen is not None:
+        probs, ys = unseen
+        source = f"original's accuracy on {len(ys)} unused training examples"
+    else:
+        probs, ys = ws.original_test_probs(), ws.test_y
+        source = f"original's accuracy on the {len(ys)} test examples"
+    correct = probs.argmax(1) == ys
     fy = ws.train_y[forget.indices]
-    accs = [correct[ty == c].mean() if (ty == c).any() else correct.mean() for c in fy]
-    return float(np.mean(accs))
+    accs = [correct[ys == c].mean() if (ys == c).any() else correct.mean() for c in fy]
+    return float(np.mean(accs)), source
 
 
 def retrain_cache_key(ws: Workspace, forgotten: np.ndarray) -> tuple[str, str]:
@@ -364,7 +388,8 @@ def unlearn(ws: Workspace, forget_spec: str | ForgetSet, config: UnlearnConfig |
 
     mp = MaskedParams(unit_param_masks(task.adapter, *masks_sel))
     _, ra0 = evaluate()
-    target = Target(forget_target(ws, forget), ra0, config.tolerance)
+    target_fa, target_source = forget_target_estimate(ws, forget)
+    target = Target(target_fa, ra0, config.tolerance)
     t1 = time.perf_counter()
     if config.update == "so":
         report = _so_steps(task, mp, mg, forget_enc, retain_enc, config, evaluate, target, progress)
@@ -373,6 +398,8 @@ def unlearn(ws: Workspace, forget_spec: str | ForgetSet, config: UnlearnConfig |
                                   lr=config.lr or ws.preset.recipe.lr, batch_size=config.batch_size,
                                   seed=config.seed, progress=(lambda s, f: progress(s, f)) if progress else None)
     t_update = time.perf_counter() - t1
+    report.target = {"forget_acc": round(target_fa, 6), "source": target_source,
+                     "retain_acc": round(ra0, 6), "tolerance": config.tolerance}
     memory = _peak_memory(ws.device)
     if progress:
         progress("measuring", 0.0)

@@ -54,10 +54,14 @@ class UpdateReport:
     trials: list[dict] = field(default_factory=list)   # {"step", "forget_acc", "retain_acc"}
     reached_target: bool = False
     params_changed: int = 0
+    target: dict | None = None  # the forget target the auto step aimed at, and where it came from
 
     def to_json(self) -> dict:
-        return {"rule": self.rule, "step": self.step, "auto": self.auto, "trials": self.trials,
-                "reached_target": self.reached_target, "params_changed": self.params_changed}
+        out = {"rule": self.rule, "step": self.step, "auto": self.auto, "trials": self.trials,
+               "reached_target": self.reached_target, "params_changed": self.params_changed}
+        if self.target is not None:
+            out["target"] = self.target
+        return out
 
 
 class MaskedParams:

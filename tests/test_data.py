@@ -322,5 +322,9 @@ def test_subsample_train(bbc):
     again = subsample_train(bbc, 100, 0)
     assert again.train.x == small.train.x
     assert subsample_train(bbc, 100, 1).train.x != small.train.x
+    # the examples left out are kept as `unseen`: exactly the complement, in the original order
+    assert bbc.unseen is None and len(small.unseen) == len(bbc.train) - 100
+    assert sorted(small.train.x + small.unseen.x) == sorted(bbc.train.x)
+    assert not set(small.train.x) & set(small.unseen.x)
     with pytest.raises(MapeError, match="positive"):
         subsample_train(bbc, 0, 0)

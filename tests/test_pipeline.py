@@ -63,6 +63,40 @@ def test_retrain_is_cached_and_closer(bbc_ws):
     assert again.metrics["retrain"] == res.metrics["retrain"]
 
 
+def test_forget_target_comes_from_unused_training_examples(bbc_ws, monkeypatch):
+    import dataclasses
+
+    from mape import pipeline as P
+    from mape.forget import select_forget
+
+    forget = select_forget("random:40", bbc_ws.dataset, 0)
+    monkeypatch.setattr(P, "UNSEEN_EVAL_SIZE", 10**6)
+    monkeypatch.setattr(bbc_ws, "_unseen", None)
+    unseen = bbc_ws.dataset.unseen
+    assert len(unseen) == 1781 - 400
+    # brute force: per forget example, the original's accuracy on the unused examples of its class
+    pred = bbc_ws.task.predict_proba(bbc_ws.task.encode(unseen)).argmax(1)
+    by_class = {c: (pred[unseen.y == c] == c).mean() for c in np.unique(unseen.y)}
+    expected = np.mean([by_class[c] for c in bbc_ws.train_y[forget.indices]])
+    value, source = P.forget_target_estimate(bbc_ws, forget)
+    assert value == pytest.approx(expected, abs=1e-12) and "1381 unused training examples" in source
+    # without a training limit there are no unused examples: the test set is the estimate
+    monkeypatch.setattr(bbc_ws, "dataset", dataclasses.replace(bbc_ws.dataset, unseen=None))
+    test_pred = bbc_ws.original_test_probs().argmax(1)
+    expected = np.mean([(test_pred[bbc_ws.test_y == c] == c).mean() for c in bbc_ws.train_y[forget.indices]])
+    value, source = P.forget_target_estimate(bbc_ws, forget)
+    assert value == pytest.approx(expected, abs=1e-12) and "test examples" in source
+    assert P.forget_target_estimate(bbc_ws, select_forget("class:sport", bbc_ws.dataset, 0)) == (0.0, "whole class")
+
+
+def test_report_states_the_forget_target(bbc_ws):
+    res = unlearn(bbc_ws, "random:24", UnlearnConfig(seed=1)).to_json()
+    target = res["update"]["target"]
+    assert 0.5 < target["forget_acc"] <= 1 and "unused training examples" in target["source"]
+    assert target["tolerance"] == UnlearnConfig().tolerance and 0 < target["retain_acc"] <= 1
+    json.dumps(res)
+
+
 def test_cli_unlearn_writes_the_schema(tmp_path, capsys):
     out = tmp_path / "r.json"
     code = main(["unlearn", "--preset", "test-minilm-bbc", "--train-limit", "400", "--forget", "class:sport",
@@ -112,7 +146,7 @@ def test_so_follow_up_steps_use_the_examples_not_yet_forgotten(bbc_ws, monkeypat
     forget examples the model still classifies correctly, and its retain gradient on the retain sample."""
     from mape import pipeline, scoring
 
-    monkeypatch.setattr(pipeline, "forget_target", lambda ws, forget: -1.0)  # unreachable: every step runs
+    monkeypatch.setattr(pipeline, "forget_target_estimate", lambda ws, forget: (-1.0, "test"))  # unreachable: every step runs
     passes, real = [], scoring._gate_pass
 
     def recording(task, enc, *args, **kw):
