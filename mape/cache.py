@@ -6,7 +6,7 @@ An entry is written into a temporary folder ``.<key>.*`` next to its final place
 old entry (if any) is renamed aside to ``.<key>.old.*`` (one atomic rename), the new one is renamed in,
 and only then is the old one removed. A process killed at any point therefore leaves the old entry or
 the new one, never half of one: if it dies between the two renames, the entry's own folder is missing
-and :func:`load_model` restores the newest intact ``.<key>.*`` copy (checksum verified) in its place.
+and :func:`load_model` restores the intact old copy (checksum verified) in its place.
 Weights are read with safetensors only (no pickle).
 """
 
@@ -62,30 +62,40 @@ def _remove_stale_temporaries(folder: Path, key: str, older_than_s: float = 3600
             pass
 
 
+def _publish(tmp: Path, final: Path, key: str, asides: list[Path], attempts: int = 3) -> None:
+    """Rename the old entry aside (atomic), then the new one in (atomic). If another process put an
+    entry in place between the two renames, that one is moved aside too and the rename retried; if the
+    rename fails for good, the old entry goes back where it was."""
+    for attempt in range(attempts):
+        if final.exists():
+            asides.append(Path(tempfile.mkdtemp(prefix=f".{key}.old.", dir=final.parent)))
+            os.replace(final, asides[-1])  # the old entry is now only under its aside name
+        try:
+            os.replace(tmp, final)  # the new entry is published
+            return
+        except BaseException:
+            if final.exists() and attempt < attempts - 1:
+                continue
+            if asides and not final.exists():
+                os.replace(asides.pop(), final)
+            raise
+
+
 def save_model(kind: str, key: str, model, meta: dict) -> Path:
     final = entry_dir(kind, key)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=final.parent))
-    aside = None
+    asides: list[Path] = []
     try:
         state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
         save_file(state, str(tmp / "model.safetensors"))
         meta = {**meta, "sha256": _sha256(tmp / "model.safetensors")}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1, default=str))
-        if final.exists():
-            aside = Path(tempfile.mkdtemp(prefix=f".{key}.old.", dir=final.parent))
-            os.replace(final, aside)  # atomic: the old entry is now only under its aside name
-        try:
-            os.replace(tmp, final)  # atomic: the new entry is published
-        except BaseException:
-            if aside is not None and not final.exists():
-                os.replace(aside, final)  # the old entry goes back where it was
-                aside = None
-            raise
+        _publish(tmp, final, key, asides)
         _remove_stale_temporaries(final.parent, key)
     finally:
-        for leftover in (tmp, aside):
-            if leftover is not None and leftover.exists():
+        for leftover in (tmp, *asides):
+            if leftover.exists():
                 shutil.rmtree(leftover, ignore_errors=True)
     return final
 
@@ -112,12 +122,12 @@ def _verified(folder: Path) -> bool:
 
 
 def _restore_from_leftovers(kind: str, key: str) -> bool:
-    """A writer killed between its two renames leaves the entry missing and the old (or the fully
-    written new) copy under a ``.<key>.*`` name. Copy the newest verified one back in place."""
+    """A writer killed between its two renames leaves the entry missing and the old entry under a
+    ``.<key>.old.*`` name. Copy the newest verified one back in place."""
     final = entry_dir(kind, key)
     if not final.parent.is_dir():
         return False
-    candidates = [d for d in final.parent.glob(f".{key}.*") if d.is_dir() and _complete(d)]
+    candidates = [d for d in final.parent.glob(f".{key}.old.*") if d.is_dir() and _complete(d)]
     candidates.sort(key=lambda d: (d / "meta.json").stat().st_mtime, reverse=True)
     for candidate in candidates:
         if not _verified(candidate):

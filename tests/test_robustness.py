@@ -9,6 +9,7 @@ import json
 import math
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -287,7 +288,7 @@ def test_writer_killed_between_its_two_renames_leaves_the_old_entry(tmp_path, mo
     assert cache.has_model("original", "k")  # restored from the intact copy
     loaded = torch.nn.Linear(8, 8)
     meta = cache.load_model("original", "k", loaded)
-    assert meta is not None and meta["iteration"] in (1, 2)  # the old entry or the fully written new one
+    assert meta is not None and meta["iteration"] == 1  # the old entry (the new one was never published)
     assert torch.all(torch.cat([p.detach().flatten() for p in loaded.parameters()]) == meta["iteration"])
     assert cache.load_model("original", ".k.old", torch.nn.Linear(8, 8)) is None  # never by a private name
 
@@ -314,20 +315,46 @@ def test_failed_publish_puts_the_old_entry_back(tmp_path, monkeypatch):
     assert [d.name for d in (tmp_path / "original").iterdir()] == ["k"]  # nothing left behind
 
 
+def test_publish_survives_an_entry_restored_between_its_renames(tmp_path, monkeypatch):
+    """Another process may restore (or publish) the entry between this writer's two renames; the
+    writer moves that one aside too and publishes its own."""
+    monkeypatch.setenv("MAPE_CACHE", str(tmp_path))
+    cache.save_model("original", "k", torch.nn.Linear(8, 8), {"iteration": 1})
+    folder, real_replace, calls = tmp_path / "original", os.replace, []
+
+    def replace_with_interloper(src, dst):
+        calls.append(dst)
+        if len(calls) == 2:  # just before the new entry goes in, another process restores the old one
+            other = folder / ".k.other"
+            shutil.copytree(calls[0], other)  # calls[0]: where the old entry was renamed aside
+            real_replace(other, dst)
+        real_replace(src, dst)
+
+    monkeypatch.setattr(cache.os, "replace", replace_with_interloper)
+    new = torch.nn.Linear(8, 8)
+    cache.save_model("original", "k", new, {"iteration": 2})
+    monkeypatch.setattr(cache.os, "replace", real_replace)
+    assert len(calls) == 4  # aside, refused publish, the interloper's entry aside, publish
+    loaded = torch.nn.Linear(8, 8)
+    assert cache.load_model("original", "k", loaded)["iteration"] == 2
+    assert torch.equal(loaded.weight, new.weight)
+    assert [d.name for d in folder.iterdir()] == ["k"]
+
+
 def test_restore_picks_the_newest_intact_leftover(tmp_path, monkeypatch):
     monkeypatch.setenv("MAPE_CACHE", str(tmp_path))
     models = [torch.nn.Linear(8, 8) for _ in range(3)]
     folder = tmp_path / "original"
-    for i, (model, name) in enumerate(zip(models, [".k.old.a", ".k.b", ".k.c"])):
+    for i, (model, name) in enumerate(zip(models, [".k.old.a", ".k.old.b", ".k.old.c"])):
         cache.save_model("original", "k", model, {"iteration": i})
         os.replace(folder / "k", folder / name)
         stamp = time.time() - 100 + 10 * i
         os.utime(folder / name / "meta.json", (stamp, stamp))
-    (folder / ".k.c" / "model.safetensors").write_bytes(b"truncated")  # newest, but corrupt
+    (folder / ".k.old.c" / "model.safetensors").write_bytes(b"truncated")  # newest, but corrupt
     loaded = torch.nn.Linear(8, 8)
     assert cache.load_model("original", "k", loaded)["iteration"] == 1
     assert torch.equal(loaded.weight, models[1].weight)
-    assert (folder / "k").is_dir() and not (folder / ".k.b").exists()
+    assert (folder / "k").is_dir() and not (folder / ".k.old.b").exists()
 
 
 def _saved_entry(tmp_path, monkeypatch):
