@@ -428,6 +428,16 @@ def side_by_side_html(parts: list[str]) -> str:
     return f'<div class="mape-side-by-side" style="display:flex;gap:16px;flex-wrap:wrap;">{cols}</div>'
 
 
+def _target_lines(update: dict) -> list[str]:
+    """What the automatic step size aimed at (absent for a fixed step)."""
+    target = update.get("target")
+    if not update.get("auto") or not target:
+        return []
+    return [f"**Forget target:** {100 * target['forget_acc']:.1f}% forget accuracy ({target['source']}), "
+            f"retain accuracy at most {100 * target['tolerance']:.0f} points below "
+            f"{100 * target['retain_acc']:.1f}% on the check sample."]
+
+
 def summary_markdown(result: dict) -> str:
     sel, p, t, u, f = result["selection"], result["params"], result["timing"], result["update"], result["forget"]
     heads = np.asarray(sel["heads"])
@@ -446,6 +456,7 @@ def summary_markdown(result: dict) -> str:
         f"{filters.size:,} FFN filters; the greedy refinement made {sel['swaps']} swap(s).",
         f"**Update:** `{u.get('rule')}`, {step_text}" + (" (chosen automatically" + (", target reached)" if u.get("reached_target") else ", closest to the target)") if u.get("auto") else "")
         + f"; {p['changed']:,} of {p['total']:,} parameters changed ({100 * p['changed_share']:.2f}%).",
+        *_target_lines(u),
         f"**Time:** search {t['search_s']:.1f} s, update {t['update_s']:.1f} s"
         + (f", retrain {t['retrain_s']:.1f} s" if "retrain_s" in t else "") + f" on {result.get('device', '?')}.",
     ]

@@ -95,6 +95,12 @@ def test_report_states_the_forget_target(bbc_ws):
     assert 0.5 < target["forget_acc"] <= 1 and "unused training examples" in target["source"]
     assert target["tolerance"] == UnlearnConfig().tolerance and 0 < target["retain_acc"] <= 1
     json.dumps(res)
+    from mape.app_support import summary_markdown
+
+    shown = summary_markdown(res)
+    assert f"**Forget target:** {100 * target['forget_acc']:.1f}% forget accuracy ({target['source']})" in shown
+    res["update"]["auto"] = False  # a fixed step aims at nothing: no target line
+    assert "Forget target" not in summary_markdown(res)
 
 
 def test_cli_unlearn_writes_the_schema(tmp_path, capsys):
