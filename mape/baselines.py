@@ -378,8 +378,8 @@ def run_method(ws, method: str | MethodSpec, forget: ForgetSet, seed: int = 0, c
         mp = MaskedParams(masks)
         _, ra0 = evaluate()
         target_fa, target_source = forget_target_estimate(ws, forget)
-        target = Target(target_fa, ra0, config.tolerance)
-        details["forget_target"] = {"forget_acc": round(target_fa, 6), "source": target_source}
+        target = Target(target_fa, ra0, config.tolerance, source=target_source)
+        details["forget_target"] = target.to_json()
         if spec.update == "so":
             params = list(mp.masks)
             grad_f = param_stats(task, ctx.forget_enc, params, "grad", config.batch_size)

@@ -73,8 +73,8 @@ def _publish(tmp: Path, final: Path, key: str, asides: list[Path], attempts: int
         try:
             os.replace(tmp, final)  # the new entry is published
             return
-        except BaseException:
-            if final.exists() and attempt < attempts - 1:
+        except BaseException as exc:
+            if isinstance(exc, OSError) and final.exists() and attempt < attempts - 1:
                 continue
             if asides and not final.exists():
                 os.replace(asides.pop(), final)
@@ -100,13 +100,18 @@ def save_model(kind: str, key: str, model, meta: dict) -> Path:
     return final
 
 
+def _checked_meta(folder: Path) -> dict:
+    """An entry's meta once its weights match the recorded checksum; raises otherwise."""
+    meta = json.loads((folder / "meta.json").read_text())
+    if not isinstance(meta, dict) or meta.get("sha256") != _sha256(folder / "model.safetensors"):
+        raise ValueError("checksum mismatch")
+    return meta
+
+
 def _read_entry(folder: Path, model) -> dict:
     """Load a verified entry into ``model``; raises on anything missing, corrupt or mismatched."""
-    weights, meta_path = folder / "model.safetensors", folder / "meta.json"
-    meta = json.loads(meta_path.read_text())
-    if not isinstance(meta, dict) or meta.get("sha256") != _sha256(weights):
-        raise ValueError("checksum mismatch")
-    state = load_file(str(weights))
+    meta = _checked_meta(folder)
+    state = load_file(str(folder / "model.safetensors"))
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise ValueError(f"keys differ: {missing[:3]} {unexpected[:3]}")
@@ -115,8 +120,8 @@ def _read_entry(folder: Path, model) -> dict:
 
 def _verified(folder: Path) -> bool:
     try:
-        meta = json.loads((folder / "meta.json").read_text())
-        return isinstance(meta, dict) and meta.get("sha256") == _sha256(folder / "model.safetensors")
+        _checked_meta(folder)
+        return True
     except (OSError, ValueError):
         return False
 

@@ -124,7 +124,7 @@ class Workspace:
     def original_unseen_probs(self) -> tuple[np.ndarray, np.ndarray] | None:
         """Original-model probabilities and labels on a seeded sample (≤ UNSEEN_EVAL_SIZE) of the
         training examples a training limit left out; None without such examples (memoised)."""
-        unseen = getattr(self.dataset, "unseen", None)
+        unseen = self.dataset.unseen
         if unseen is None or len(unseen) == 0:
             return None
         if self._unseen is None:
@@ -389,7 +389,7 @@ def unlearn(ws: Workspace, forget_spec: str | ForgetSet, config: UnlearnConfig |
     mp = MaskedParams(unit_param_masks(task.adapter, *masks_sel))
     _, ra0 = evaluate()
     target_fa, target_source = forget_target_estimate(ws, forget)
-    target = Target(target_fa, ra0, config.tolerance)
+    target = Target(target_fa, ra0, config.tolerance, source=target_source)
     t1 = time.perf_counter()
     if config.update == "so":
         report = _so_steps(task, mp, mg, forget_enc, retain_enc, config, evaluate, target, progress)
@@ -398,8 +398,7 @@ def unlearn(ws: Workspace, forget_spec: str | ForgetSet, config: UnlearnConfig |
                                   lr=config.lr or ws.preset.recipe.lr, batch_size=config.batch_size,
                                   seed=config.seed, progress=(lambda s, f: progress(s, f)) if progress else None)
     t_update = time.perf_counter() - t1
-    report.target = {"forget_acc": round(target_fa, 6), "source": target_source,
-                     "retain_acc": round(ra0, 6), "tolerance": config.tolerance}
+    report.target = target.to_json()
     memory = _peak_memory(ws.device)
     if progress:
         progress("measuring", 0.0)

@@ -38,6 +38,11 @@ class Target:
     retain_acc: float          # original retain accuracy on the check sample
     tolerance: float = 0.02    # allowed drop of retain accuracy
     slack: float = 0.02        # forget accuracy within target + slack counts as reached
+    source: str = ""           # where the forget-accuracy estimate comes from
+
+    def to_json(self) -> dict:
+        return {"forget_acc": round(self.forget_acc, 6), "source": self.source,
+                "retain_acc": round(self.retain_acc, 6), "tolerance": self.tolerance}
 
     def feasible(self, ra: float) -> bool:
         return ra >= self.retain_acc - self.tolerance - 1e-9
