@@ -250,6 +250,48 @@ def test_so_auto_step_picks_a_reported_trial():
     assert evaluate() == (chosen["forget_acc"], chosen["retain_acc"])
 
 
+def _scripted_so(fa_of, ra_of, target):
+    """so_update's auto step on one scalar parameter p = η, with accuracies scripted as functions of η."""
+    p = torch.nn.Parameter(torch.zeros(1))
+    mp = MaskedParams({p: torch.ones(1, dtype=torch.bool)})
+    evaluate = lambda: (fa_of(float(p.detach())), ra_of(float(p.detach())))  # noqa: E731
+    return so_update(None, mp, {p: torch.ones(1)}, "auto", evaluate, target), float(p.detach())
+
+
+def test_so_auto_step_goes_below_the_grid_when_its_smallest_step_breaks_retain():
+    target = Target(forget_acc=0.89, retain_acc=0.97, tolerance=0.02)
+    report, applied = _scripted_so(lambda eta: 0.95 - 20 * eta, lambda eta: 0.97 if eta < 0.004 else 0.5, target)
+    steps = [t["step"] for t in report.trials]
+    assert steps[:2] == [0.01, pytest.approx(0.01 / 3)]
+    assert report.step == pytest.approx(0.01 / 3) == applied
+    assert report.reached_target
+
+
+def test_so_auto_step_goes_below_the_grid_when_its_smallest_step_overshoots():
+    target = Target(forget_acc=0.89, retain_acc=0.97, tolerance=0.02)
+    # η = 0.01 → 0.45 and 0.0033 → 0.78 overshoot (< 0.87); 0.0011 → 0.89 is on target
+    report, applied = _scripted_so(lambda eta: 0.95 - 50 * eta, lambda eta: 0.97, target)
+    assert [round(t["step"], 6) for t in report.trials] == [0.01, 0.003333, 0.001111]
+    assert report.step == pytest.approx(0.01 / 9) == applied and report.reached_target
+
+
+def test_so_auto_step_bisects_between_a_short_step_below_the_grid_and_the_overshoot():
+    target = Target(forget_acc=0.50, retain_acc=0.97, tolerance=0.02, slack=0.02)
+    fa_of = lambda eta: 1.0 - 100 * eta  # noqa: E731  (0.01 → 0.0 overshoots; 0.0033 → 0.67 short)
+    report, applied = _scripted_so(fa_of, lambda eta: 0.97, target)
+    assert len(report.trials) == 4  # 0.01, 0.0033, then two bisections between them
+    lo, hi = 0.01 / 3, 0.01
+    assert all(lo < t["step"] < hi for t in report.trials[2:])
+    best = min(abs(t["forget_acc"] - 0.5) for t in report.trials)
+    assert abs(fa_of(applied) - 0.5) == pytest.approx(best)
+
+
+def test_so_auto_step_keeps_the_smallest_grid_step_when_it_lands_within_the_slack():
+    target = Target(forget_acc=0.89, retain_acc=0.97, tolerance=0.02)
+    report, applied = _scripted_so(lambda eta: 0.95 - 7 * eta, lambda eta: 0.97, target)  # 0.01 → 0.88
+    assert [t["step"] for t in report.trials] == [0.01] and applied == pytest.approx(0.01)
+
+
 def _reference_refine(G, S, n, scores, selected):
     """Plain-Python statement of the greedy pass (SPEC §2), for comparison."""
     selected = selected.copy()
