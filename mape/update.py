@@ -14,9 +14,11 @@ Every rule writes through :class:`MaskedParams`, which sets each parameter to
 Step size ``auto``: candidates are tried with forward passes only, on a forget and a retain check
 sample, until forget accuracy reaches the target (what a retrained model would score on D_f) while
 retain accuracy stays within ``tolerance`` of the original's; the chosen value is reported. For
-``so`` the grid is 0.01, 0.03, 0.1, 0.3, 1 with two bisections; when its smallest step already breaks
-retain accuracy or pushes forget accuracy past the target (a full-parameter step on a large model
-can), up to three smaller steps (÷3 each) are tried first.
+``so`` the grid is 0.01, 0.03, 0.1, 0.3, 1 with two bisections; when its smallest step already pushes
+forget accuracy below the target by more than the slack (a full-parameter step on a large model can),
+up to three smaller steps (÷3 each) are tried first. A smallest step that only costs retain accuracy
+does not trigger this: for a whole class, stepping smaller there forgets less and lands further from
+a retrained model (measured on vit-mnist class:3).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from mape.models import Encoded, TaskModel
 
 UPDATES = ("so", "ga", "gd", "rl", "npo")
 SO_GRID = (0.01, 0.03, 0.1, 0.3, 1.0)   # relative step sizes tried in order, then bisection
-DOWN_STEPS = 3                          # if SO_GRID[0] already goes too far: η/3, η/9, η/27
+DOWN_STEPS = 3                          # if SO_GRID[0] already overshoots: η/3, η/9, η/27
 Progress = Callable[[str, float], None]
 
 
@@ -54,9 +56,9 @@ class Target:
     def reached(self, fa: float) -> bool:
         return fa <= self.forget_acc + self.slack + 1e-9
 
-    def too_far(self, fa: float, ra: float) -> bool:
-        """Retain accuracy broken, or forget accuracy pushed below the target by more than the slack."""
-        return not self.feasible(ra) or fa < self.forget_acc - self.slack - 1e-9
+    def overshot(self, fa: float) -> bool:
+        """Forget accuracy pushed below the target by more than the slack."""
+        return fa < self.forget_acc - self.slack - 1e-9
 
 
 @dataclass
@@ -165,12 +167,12 @@ def so_update(task: TaskModel, mp: MaskedParams, direction: dict, step, evaluate
             hi = eta
             break
         lo = eta
-    if hi == SO_GRID[0] and target.too_far(fa, ra):
-        # the smallest grid step already breaks retain accuracy or overshoots the target: go down
+    if hi == SO_GRID[0] and target.overshot(fa):
+        # the smallest grid step already pushes forget accuracy well past the target: go down
         for _ in range(DOWN_STEPS):
             eta = hi / 3
             fa, ra = trial(eta)
-            if not target.too_far(fa, ra):
+            if not target.overshot(fa):
                 lo = 0.0 if target.reached(fa) else eta  # short of the target: bisect up to hi
                 break
             hi = eta
