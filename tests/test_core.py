@@ -339,8 +339,8 @@ def test_predict_proba_runs_text_by_length_and_returns_rows_in_input_order():
         one_by_one = torch.cat([torch.softmax(task.logits({k: v[i:i + 1, :int(lengths[i])] for k, v in enc.inputs.items()}), -1)
                                 for i in range(n)]).numpy()
     np.testing.assert_allclose(task.predict_proba(enc, batch_size=8), one_by_one, atol=1e-5)
-    images = tiny_data(6, image=True)
+    images, vit = tiny_data(6, image=True), tiny_bert(arch="vit")
     assert images.length_order() is None
     with torch.no_grad():
-        expected = torch.softmax(tiny_bert(arch="vit").logits(images.inputs), -1).numpy()
-    np.testing.assert_allclose(tiny_bert(arch="vit").predict_proba(images, batch_size=4), expected, atol=1e-6)
+        expected = torch.softmax(vit.logits(images.inputs), -1).numpy()
+    np.testing.assert_allclose(vit.predict_proba(images, batch_size=4), expected, atol=1e-6)
