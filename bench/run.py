@@ -5,6 +5,8 @@
     python bench/run.py quality --preset minilm-agnews
     python bench/run.py quality --preset vit-mnist
     python bench/run.py speed --preset minilm-bbc                         # MAPE vs retraining, timed
+    python bench/run.py merge A.json B.json --train-limit 4000           # one table over the seeds of
+                                                                          # separate quality runs
     python bench/run.py plan                                              # print the full plan
 
 Each run writes (or replaces) its own section of BENCHMARKS.md (``--output``), marked with HTML
@@ -162,19 +164,45 @@ def cmd_quality(args) -> int:
         t0 = time.perf_counter()
         res = compare(ws, spec, methods, seeds, _progress(args), config=BaselineConfig(),
                       relearn_steps=args.relearn)
-        name = f"quality-{_slug(args.preset)}{'-n' + str(args.train_limit) if args.train_limit else ''}-{_slug(spec)}"
-        json_path, md_path = res.save(out_dir / f"{name}.json")
-        limit = f", train limit {args.train_limit}" if args.train_limit else ""
-        body = "\n".join([
-            f"## Quality · {args.preset}{limit} · forget `{spec}`", "",
-            f"Command: `{_command(args)}`", "",
-            _machine_line(res.machine, res.device) + f" Wall time {time.perf_counter() - t0:.0f} s; "
-            f"JSON: `{_rel(json_path)}`.", "",
-            res.markdown(title=f"{args.preset} · `{spec}` ({res.runs[0]['forget']['size']} examples) · "
-                               f"{len(ws.dataset.train)} training examples · seeds {args.seeds}"),
-        ])
-        merge_section(Path(args.output), f"quality/{args.preset}/{args.train_limit or 'all'}/{spec}", body)
+        json_path, md_path = res.save(out_dir / f"{_quality_name(args.preset, args.train_limit, spec)}.json")
+        _write_quality_section(args, res, json_path, len(ws.dataset.train), time.perf_counter() - t0)
         print(f"{args.preset} {spec}: best {res.best_method()} — wrote {json_path} and a section of {args.output}")
+    return 0
+
+
+def _quality_name(preset: str, train_limit: int | None, spec: str) -> str:
+    return f"quality-{_slug(preset)}{'-n' + str(train_limit) if train_limit else ''}-{_slug(spec)}"
+
+
+def _write_quality_section(args, res, json_path: Path, n_train: int | None, wall_s: float, note: str = "") -> None:
+    limit = f", train limit {args.train_limit}" if args.train_limit else ""
+    seeds = ",".join(str(s) for s in res.seeds)
+    body = "\n".join([
+        f"## Quality · {res.preset}{limit} · forget `{res.forget}`", "",
+        f"Command: `{_command(args)}`", "",
+        _machine_line(res.machine, res.device) + f" Wall time {wall_s:.0f} s; JSON: `{_rel(json_path)}`.", "",
+        *([note, ""] if note else []),
+        res.markdown(title=f"{res.preset} · `{res.forget}` ({res.runs[0]['forget']['size']} examples) · "
+                           + (f"{n_train} training examples · " if n_train else "") + f"seeds {seeds}"),
+    ])
+    merge_section(Path(args.output), f"quality/{res.preset}/{args.train_limit or 'all'}/{res.forget}", body)
+
+
+def cmd_merge(args) -> int:
+    """One quality section over the seeds of several ``quality`` runs of the same comparison."""
+    from mape.compare import CompareResult, merge_seeds
+
+    parts = [CompareResult.load(p) for p in args.inputs]
+    res = merge_seeds(parts)
+    name = f"{_quality_name(res.preset, args.train_limit, res.forget)}-seeds{'-'.join(map(str, res.seeds))}"
+    json_path, _ = res.save(Path(args.results_dir) / f"{name}.json")
+    sources = "; ".join(f"`{_rel(Path(p))}` (seed{'s' if len(part.seeds) > 1 else ''} "
+                        f"{','.join(map(str, part.seeds))}, {part.wall_s:.0f} s)" for p, part in zip(args.inputs, parts))
+    note = (f"_Merged from {len(parts)} run(s) of the same comparison: {sources}. Mean ± std recomputed over "
+            "the per-seed rows; the wall time is their sum._")
+    _write_quality_section(args, res, json_path, args.train_limit, res.wall_s, note)
+    print(f"{res.preset} {res.forget}: seeds {','.join(map(str, res.seeds))}, best {res.best_method()} — "
+          f"wrote {json_path} and a section of {args.output}")
     return 0
 
 
@@ -329,6 +357,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--retain-sample", type=int, default=None)
+    p = sub.add_parser("merge", help="one quality section over the seeds of several quality runs")
+    p.add_argument("inputs", nargs="+", help="quality JSON files of the same comparison (different seeds)")
+    p.add_argument("--train-limit", type=int, default=None,
+                   help="the runs' --train-limit (names the section and the merged JSON)")
+    p.add_argument("--output", default=str(ROOT / "BENCHMARKS.md"), help="markdown file to merge into")
+    p.add_argument("--results-dir", default=str(ROOT / "bench" / "results"))
     sub.add_parser("plan", help="print the commands of the full benchmark")
     return parser
 
@@ -343,7 +377,7 @@ def main(argv=None) -> int:
             return 0
         if getattr(args, "repeats", 1) < 1:
             raise MapeError("--repeats must be at least 1.")
-        return {"quality": cmd_quality, "speed": cmd_speed}[args.command](args)
+        return {"quality": cmd_quality, "speed": cmd_speed, "merge": cmd_merge}[args.command](args)
     except MapeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -190,6 +190,31 @@ class CompareResult:
             out.append("| " + " | ".join(cells) + " |")
         return out
 
+    @classmethod
+    def from_json(cls, data: dict) -> "CompareResult":
+        """The inverse of :meth:`to_json` (a saved comparison, e.g. to merge seeds run separately)."""
+        try:
+            return cls(preset=data["preset"], forget=data["forget"], requests=list(data["requests"]),
+                       seeds=[int(s) for s in data["seeds"]], methods=list(data["methods"]),
+                       device=data["device"], total_params=int(data["total_params"]), config=dict(data["config"]),
+                       runs=list(data["runs"]), results=dict(data["results"]),
+                       successive=list(data.get("successive") or []), machine=dict(data.get("machine") or {}),
+                       wall_s=float(data.get("wall_s") or 0.0))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise MapeError(f"Not a saved comparison (python -m mape compare --out FILE.json): {exc!r}.") from None
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "CompareResult":
+        try:
+            data = json.loads(Path(path).read_text())
+        except OSError as exc:
+            raise MapeError(f"Cannot read {path}: {exc.strerror or exc}.") from None
+        except json.JSONDecodeError as exc:
+            raise MapeError(f"{path} is not valid JSON ({exc.msg} at line {exc.lineno}).") from None
+        if not isinstance(data, dict):
+            raise MapeError(f"{path} is not a saved comparison.")
+        return cls.from_json(data)
+
     def save(self, path: str | os.PathLike) -> tuple[Path, Path]:
         """Write the JSON to ``path`` and the markdown table next to it (same name, ``.md``)."""
         out = Path(path)
@@ -200,6 +225,46 @@ class CompareResult:
             tmp.write_text(text)
             os.replace(tmp, target)
         return out, md
+
+
+MERGE_MUST_MATCH = ("preset", "forget", "requests", "methods", "device", "total_params", "config")
+MACHINE_MUST_MATCH = ("cpu", "cores", "torch", "gpu")
+
+
+def merge_seeds(parts: list[CompareResult]) -> CompareResult:
+    """One comparison over the seeds of several runs of the same comparison (say one seed per session).
+
+    The runs must agree on everything but the seeds (preset, forget spec, methods, configuration,
+    device and machine: times from different machines are not averaged); a seed may appear only once.
+    Mean ± std are recomputed from the per-seed rows exactly as :func:`compare` computes them, so merging
+    runs of seeds 0 and 1 gives the numbers of one run over seeds 0,1 (times aside). Comparisons of
+    successive requests keep only their last request per seed and cannot be merged.
+    """
+    if not parts:
+        raise MapeError("Nothing to merge: give at least one saved comparison.")
+    first = parts[0]
+    for p in parts:
+        if p.successive or len(p.requests) > 1:
+            raise MapeError("Comparisons of successive requests cannot be merged (their per-request rows are "
+                            "not stored per seed).")
+        for key in MERGE_MUST_MATCH:
+            if getattr(p, key) != getattr(first, key):
+                raise MapeError(f"Cannot merge: {key} differs ({getattr(first, key)!r} vs {getattr(p, key)!r}).")
+        for key in MACHINE_MUST_MATCH:
+            if p.machine.get(key) != first.machine.get(key):
+                raise MapeError(f"Cannot merge runs from different machines: {key} "
+                                f"{first.machine.get(key)!r} vs {p.machine.get(key)!r}.")
+    runs = sorted((run for p in parts for run in p.runs), key=lambda run: run["seed"])
+    seeds = [int(run["seed"]) for run in runs]
+    repeated = sorted({s for s in seeds if seeds.count(s) > 1})
+    if repeated:
+        raise MapeError(f"Cannot merge: seed(s) {', '.join(map(str, repeated))} appear in more than one run.")
+    names = [ORIGINAL] + first.methods + [REFERENCE]
+    return CompareResult(preset=first.preset, forget=first.forget, requests=list(first.requests), seeds=seeds,
+                         methods=list(first.methods), device=first.device, total_params=first.total_params,
+                         config=dict(first.config), runs=runs,
+                         results=_summarise([run["methods"] for run in runs], names),
+                         machine=dict(first.machine), wall_s=sum(p.wall_s for p in parts))
 
 
 def _union_set(specs: list[str], sets: list[ForgetSet]) -> ForgetSet:

@@ -43,6 +43,31 @@ def test_quality_and_speed_sections_from_real_runs(tmp_path, capsys):
     assert re.search(r"\| mape \| [\d.]+ \| [\d.]+ \| [\d.]+ \| .* \| [\d,.]+× \|", text)
 
 
+def test_merge_writes_one_section_over_the_seeds_of_separate_runs(tmp_path, capsys):
+    md, results = tmp_path / "B.md", tmp_path / "results"
+    common = ["--preset", "test-vit-mnist", "--train-limit", "300", "--results-dir", str(results), "--quiet",
+              "--device", "cpu", "--methods", "mape", "--forget-sets", "random:16", "--relearn", "0"]
+    paths = []
+    for seed in ("0", "1"):
+        assert bench.main(["quality", *common, "--seeds", seed, "--output", str(tmp_path / f"B{seed}.md")]) == 0
+        single = results / "quality-test-vit-mnist-n300-random_16.json"
+        paths.append(single.rename(results / f"seed{seed}.json"))
+    argv = ["merge", *map(str, paths), "--train-limit", "300", "--output", str(md), "--results-dir", str(results)]
+    assert bench.main(argv) == 0
+    text = md.read_text()
+    assert text.count("## Quality · test-vit-mnist, train limit 300 · forget `random:16`") == 1
+    assert "Merged from 2 run(s)" in text and "seeds 0,1" in text and "over 2 seed(s)" in text
+    merged = json.loads((results / "quality-test-vit-mnist-n300-random_16-seeds0-1.json").read_text())
+    assert merged["seeds"] == [0, 1] and merged["results"]["mape"]["n"] == 2
+    singles = [json.loads(p.read_text())["results"]["mape"]["forget_acc"]["mean"] for p in paths]
+    assert merged["results"]["mape"]["forget_acc"]["values"] == singles
+    # the same run twice is refused with one line, and the section stays as it was
+    assert bench.main(["merge", str(paths[0]), str(paths[0]), "--output", str(md), "--results-dir", str(results)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "more than one run" in err and "\n" not in err
+    assert md.read_text() == text
+
+
 def test_bad_input_exits_2_with_one_line(tmp_path, capsys):
     assert bench.main(["quality", "--preset", "no-such-preset", "--output", str(tmp_path / "B.md"), "--quiet"]) == 2
     err = capsys.readouterr().err.strip()

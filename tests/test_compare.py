@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from mape.cli import main
-from mape.compare import CompareResult, compare, parse_seeds
+from mape.compare import CompareResult, compare, merge_seeds, parse_seeds
 from mape.errors import MapeError
 from mape.forget import select_forget
 from tests.test_baselines import ws  # noqa: F401  (module-scoped fixture)
@@ -135,3 +135,49 @@ def test_cli_compare_writes_json_and_markdown(ws, monkeypatch, capsys, tmp_path)
 
 def test_result_type(result):
     assert isinstance(result, CompareResult)
+
+
+def _without_times(results: dict) -> dict:
+    return {name: {k: v for k, v in entry.items() if k != "time_s"} for name, entry in results.items()}
+
+
+def test_merging_runs_of_single_seeds_equals_one_run_over_both(ws, tmp_path):  # noqa: F811
+    joint = compare(ws, "random:12", ["mape", "ssd"], seeds=[0, 1], relearn_steps=1)
+    paths = []
+    for seed in (1, 0):  # merged out of order on purpose
+        path, _ = compare(ws, "random:12", ["mape", "ssd"], seeds=[seed], relearn_steps=1).save(tmp_path / f"s{seed}.json")
+        paths.append(path)
+    merged = merge_seeds([CompareResult.load(p) for p in paths])
+    assert merged.seeds == [0, 1] and [r["seed"] for r in merged.runs] == [0, 1]
+    assert merged.methods == ["mape", "ssd"] and merged.results["mape"]["n"] == 2
+    want = json.loads(json.dumps(joint.to_json()))["results"]
+    got = json.loads(json.dumps(merged.to_json()))["results"]
+    assert _without_times(got) == _without_times(want)
+    assert got["mape"]["time_s"]["mean"] == pytest.approx(np.mean(got["mape"]["time_s"]["values"]))
+    assert "mean ± std over 2 seed(s)" in merged.markdown()
+
+
+def test_merge_refuses_what_cannot_be_averaged(ws, tmp_path):  # noqa: F811
+    a = compare(ws, "random:12", ["mape"], seeds=[0], relearn_steps=0)
+    with pytest.raises(MapeError, match="seed\\(s\\) 0 appear in more than one run"):
+        merge_seeds([a, a])
+    other = CompareResult.from_json({**a.to_json(), "seeds": [1], "methods": ["mape", "ssd"]})
+    with pytest.raises(MapeError, match="methods differs"):
+        merge_seeds([a, other])
+    elsewhere = CompareResult.from_json({**a.to_json(), "machine": {**a.machine, "cpu": "another CPU"}})
+    with pytest.raises(MapeError, match="different machines"):
+        merge_seeds([a, elsewhere])
+    succ = CompareResult.from_json({**a.to_json(), "requests": ["random:4", "random:4"]})
+    with pytest.raises(MapeError, match="successive requests"):
+        merge_seeds([succ])
+    with pytest.raises(MapeError, match="Nothing to merge"):
+        merge_seeds([])
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(MapeError, match="not valid JSON"):
+        CompareResult.load(bad)
+    bad.write_text(json.dumps({"preset": "x"}))
+    with pytest.raises(MapeError, match="Not a saved comparison"):
+        CompareResult.load(bad)
+    with pytest.raises(MapeError, match="Cannot read"):
+        CompareResult.load(tmp_path / "missing.json")
