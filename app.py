@@ -763,6 +763,12 @@ def build_demo(presets: list[str] | str | None = None, concurrency: int | None =
         with gr.Row():
             cmp_dl_json = gr.DownloadButton("Comparison JSON", interactive=False, elem_id="dl-compare-json")
             cmp_dl_md = gr.DownloadButton("Comparison table (.md)", interactive=False, elem_id="dl-compare-md")
+            cmp_open = gr.UploadButton("Open saved comparison(s)", file_types=[".json"], file_count="multiple",
+                                       elem_id="compare-open", variant="secondary")
+        gr.Markdown("*Open saved comparison(s)* shows a comparison JSON written earlier (this view's download, "
+                    "`python -m mape compare --out`, or `bench/results/`); several runs of the same comparison "
+                    "with different seeds are merged into one table (mean ± std over all their seeds).",
+                    elem_classes=["mape-sub"])
         compare_flags = gr.State({})
 
         # ---------------------------------------------------------------- 9. downloads
@@ -1049,6 +1055,20 @@ def build_demo(presets: list[str] | str | None = None, concurrency: int | None =
                                    tolerance, compare_flags], cmp_outputs, api_visibility="private",
                       concurrency_id="engine", concurrency_limit=engine_limit, show_progress_on=[cmp_status])
 
+        def on_open_compare(files):
+            from mape.compare import open_saved
+
+            keep = (gr.skip(),) * (len(cmp_outputs) - 1)
+            paths = [f if isinstance(f, str) else getattr(f, "name", str(f)) for f in (files or [])]
+            try:
+                res = open_saved(paths)
+            except MapeError as exc:
+                gr.Warning(str(exc))
+                return (_fmt_status("error", str(exc)),) + keep
+            return _compare_outputs(res, status=_opened_status(res, len(paths))) + (gr.skip(),)
+
+        cmp_open.upload(on_open_compare, cmp_open, cmp_outputs, api_visibility="private")
+
         def on_compare_stop(flags):
             flags["stop"] = True
 
@@ -1185,16 +1205,24 @@ def _compare_request(preset_name: str, spec: str, methods, seeds, relearn, spars
     return {"methods": [m.name for m in specs], "seeds": seed_list, "relearn": relearn, "config": config}
 
 
-def _compare_outputs(res, wall_s: float) -> tuple:
-    """Status, table, the three charts and the two downloads of a finished comparison."""
+def _opened_status(res, n_files: int) -> str:
+    seeds = ", ".join(map(str, res.seeds))
+    best = res.best_method()
+    return (f"Opened {n_files} file(s): {res.preset} · {res.forget} · seed{'s' if len(res.seeds) > 1 else ''} "
+            f"{seeds} · {res.device} ({res.machine.get('cpu', 'unknown machine')})."
+            + (f" Closest to retrain: {best}." if best else ""))
+
+
+def _compare_outputs(res, wall_s: float = 0.0, status: str | None = None) -> tuple:
+    """Status, table, the three charts and the two downloads of a finished (or opened) comparison."""
     folder = Path(tempfile.mkdtemp(prefix="compare-", dir=_tmp_root()))
     json_path, md_path = res.save(folder / "mape-compare.json")
     best = res.best_method()
     ref_t = res.results.get("retrain", {}).get("time_s", {}).get("mean")
-    done = f"Done in {wall_s:.1f} s." + (f" Closest to retrain: {best}." if best else "")
-    if ref_t is not None:
+    done = status or f"Done in {wall_s:.1f} s." + (f" Closest to retrain: {best}." if best else "")
+    if ref_t is not None and status is None:
         done += f" Retrain took {ref_t:.1f} s" + (" (from the cache)." if res.runs and all(
-            r["methods"]["retrain"].get("details", {}).get("cached") for r in res.runs) else ".")
+            (r["methods"]["retrain"].get("details") or {}).get("cached") for r in res.runs) else ".")
     relearn = (FG.relearn_figure(res.results, res.names()) if any("relearn" in res.results.get(n, {})
                                                                   for n in res.names())
                else FG.empty_figure("Relearn test: not run (relearn steps = 0)", 360))

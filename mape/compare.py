@@ -194,13 +194,14 @@ class CompareResult:
     def from_json(cls, data: dict) -> "CompareResult":
         """The inverse of :meth:`to_json` (a saved comparison, e.g. to merge seeds run separately)."""
         try:
+            _check_saved_shape(data)
             return cls(preset=data["preset"], forget=data["forget"], requests=list(data["requests"]),
                        seeds=[int(s) for s in data["seeds"]], methods=list(data["methods"]),
                        device=data["device"], total_params=int(data["total_params"]), config=dict(data["config"]),
                        runs=list(data["runs"]), results=dict(data["results"]),
                        successive=list(data.get("successive") or []), machine=dict(data.get("machine") or {}),
                        wall_s=float(data.get("wall_s") or 0.0))
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise MapeError(f"Not a saved comparison (python -m mape compare --out FILE.json): {exc!r}.") from None
 
     @classmethod
@@ -208,11 +209,12 @@ class CompareResult:
         try:
             data = json.loads(Path(path).read_text())
         except OSError as exc:
-            raise MapeError(f"Cannot read {path}: {exc.strerror or exc}.") from None
-        except json.JSONDecodeError as exc:
-            raise MapeError(f"{path} is not valid JSON ({exc.msg} at line {exc.lineno}).") from None
+            raise MapeError(f"Cannot read {Path(path).name}: {exc.strerror or exc}.") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            where = f" ({exc.msg} at line {exc.lineno})" if isinstance(exc, json.JSONDecodeError) else ""
+            raise MapeError(f"{Path(path).name} is not valid JSON{where}.") from None
         if not isinstance(data, dict):
-            raise MapeError(f"{path} is not a saved comparison.")
+            raise MapeError(f"{Path(path).name} is not a saved comparison.")
         return cls.from_json(data)
 
     def save(self, path: str | os.PathLike) -> tuple[Path, Path]:
@@ -225,6 +227,48 @@ class CompareResult:
             tmp.write_text(text)
             os.replace(tmp, target)
         return out, md
+
+
+def _check_saved_shape(data: dict) -> None:
+    """Raise KeyError/TypeError/ValueError unless ``data`` has the shape :meth:`CompareResult.to_json` writes
+    (the views index into it, so a wrong file must fail here, not in the middle of a table)."""
+    if not isinstance(data["methods"], list) or not all(isinstance(m, str) for m in data["methods"]):
+        raise TypeError("'methods' is not a list of method names")
+    for name in [ORIGINAL, *data["methods"], REFERENCE]:
+        entry = data["results"][name]
+        for key, value in entry.items():
+            if key in SUMMARY_KEYS and not (isinstance(value, dict) and "mean" in value and "std" in value):
+                raise TypeError(f"results[{name!r}][{key!r}] has no mean and std")
+    if not data["runs"]:
+        raise ValueError("no per-seed runs")
+    for run in data["runs"]:
+        int(run["seed"])
+        for name in [ORIGINAL, *data["methods"], REFERENCE]:
+            if not isinstance(run["methods"][name]["metrics"], dict):
+                raise TypeError(f"the row of {name!r} for seed {run['seed']} has no metrics")
+
+
+MAX_OPEN_FILES = 20
+MAX_OPEN_MB = 50
+
+
+def open_saved(paths) -> CompareResult:
+    """One saved comparison, or several runs of the same comparison with different seeds merged into one
+    (:func:`merge_seeds`): what the app's "Open saved comparison" shows."""
+    paths = [Path(p) for p in (paths or [])]
+    if not paths:
+        raise MapeError("Choose one or more comparison JSON files (python -m mape compare --out FILE.json).")
+    if len(paths) > MAX_OPEN_FILES:
+        raise MapeError(f"At most {MAX_OPEN_FILES} comparison files at once, got {len(paths)}.")
+    for p in paths:
+        try:
+            size_mb = p.stat().st_size / 2**20
+        except OSError as exc:
+            raise MapeError(f"Cannot read {p.name}: {exc.strerror or exc}.") from None
+        if size_mb > MAX_OPEN_MB:
+            raise MapeError(f"{p.name} is {size_mb:.0f} MB; a saved comparison is far smaller (limit {MAX_OPEN_MB} MB).")
+    parts = [CompareResult.load(p) for p in paths]
+    return parts[0] if len(parts) == 1 else merge_seeds(parts)
 
 
 MERGE_MUST_MATCH = ("preset", "forget", "requests", "methods", "device", "total_params", "config")

@@ -222,6 +222,22 @@ def check_compare(page, tmp_path: Path) -> None:
     assert res["methods"] == ["mape", "mape-norm", "mape-random"] and res["forget"] == "class:3"
     assert set(res["results"]) == {"original", "mape", "mape-norm", "mape-random", "retrain"}
 
+    # "Open saved comparison(s)": a file that is not a comparison gets a clear message and the table stays;
+    # the downloaded JSON, opened again, gives back the same table
+    upload = page.locator('input[data-testid="Open saved comparison(s)-upload-button"]')
+    bad = tmp_path / "not-a-comparison.json"
+    bad.write_text(json.dumps({"preset": "tiny-mnist", "forget": {"spec": "class:3"}}))
+    upload.set_input_files([str(bad)])
+    wait_until(lambda: "Not a saved comparison" in status_text_of(page, "compare-status"), 60, "the open error")
+    assert page.inner_text("#compare-table") == table
+    saved = tmp_path / "saved-comparison.json"
+    saved.write_text(Path(dl.value.path()).read_text())
+    upload.set_input_files([str(saved)])
+    wait_until(lambda: "Opened 1 file(s)" in status_text_of(page, "compare-status"), 60, "the opened comparison")
+    status = status_text_of(page, "compare-status")
+    assert "tiny-mnist · class:3 · seed 0" in status and "Closest to retrain: mape" in status, status
+    assert page.inner_text("#compare-table") == table
+
 
 def test_text_preset_end_to_end(page, tmp_path):
     # a bad forget spec: a clear message in the preview and on Run, and the page stays usable

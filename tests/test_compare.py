@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from mape.cli import main
-from mape.compare import CompareResult, compare, merge_seeds, parse_seeds
+from mape.compare import MAX_OPEN_FILES, CompareResult, compare, merge_seeds, open_saved, parse_seeds
 from mape.errors import MapeError
 from mape.forget import select_forget
 from tests.test_baselines import ws  # noqa: F401  (module-scoped fixture)
@@ -148,6 +148,9 @@ def test_merging_runs_of_single_seeds_equals_one_run_over_both(ws, tmp_path):  #
         path, _ = compare(ws, "random:12", ["mape", "ssd"], seeds=[seed], relearn_steps=1).save(tmp_path / f"s{seed}.json")
         paths.append(path)
     merged = merge_seeds([CompareResult.load(p) for p in paths])
+    opened = open_saved(paths)  # what the app's "Open saved comparison(s)" shows
+    assert opened.to_json() == merged.to_json()
+    assert open_saved(paths[:1]).to_json() == CompareResult.load(paths[0]).to_json()
     assert merged.seeds == [0, 1] and [r["seed"] for r in merged.runs] == [0, 1]
     assert merged.methods == ["mape", "ssd"] and merged.results["mape"]["n"] == 2
     want = json.loads(json.dumps(joint.to_json()))["results"]
@@ -161,7 +164,7 @@ def test_merge_refuses_what_cannot_be_averaged(ws, tmp_path):  # noqa: F811
     a = compare(ws, "random:12", ["mape"], seeds=[0], relearn_steps=0)
     with pytest.raises(MapeError, match="seed\\(s\\) 0 appear in more than one run"):
         merge_seeds([a, a])
-    other = CompareResult.from_json({**a.to_json(), "seeds": [1], "methods": ["mape", "ssd"]})
+    other = CompareResult.from_json({**a.to_json(), "seeds": [1], "methods": []})
     with pytest.raises(MapeError, match="methods differs"):
         merge_seeds([a, other])
     elsewhere = CompareResult.from_json({**a.to_json(), "machine": {**a.machine, "cpu": "another CPU"}})
@@ -181,3 +184,16 @@ def test_merge_refuses_what_cannot_be_averaged(ws, tmp_path):  # noqa: F811
         CompareResult.load(bad)
     with pytest.raises(MapeError, match="Cannot read"):
         CompareResult.load(tmp_path / "missing.json")
+    # a file with the right keys but rows of the wrong shape is refused before any view indexes into it
+    broken = a.to_json()
+    broken["results"]["mape"]["forget_acc"] = 0.5
+    bad.write_text(json.dumps(broken))
+    with pytest.raises(MapeError, match="Not a saved comparison"):
+        open_saved([bad])
+    with pytest.raises(MapeError, match="Choose one or more"):
+        open_saved([])
+    with pytest.raises(MapeError, match=f"At most {MAX_OPEN_FILES}"):
+        open_saved([bad] * (MAX_OPEN_FILES + 1))
+    bad.write_bytes(b"\xff\xfe not text")
+    with pytest.raises(MapeError, match="not valid JSON"):
+        open_saved([bad])
