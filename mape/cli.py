@@ -1,4 +1,4 @@
-"""Command line: ``python -m mape presets | prepare | unlearn | compare``.
+"""Command line: ``python -m mape presets | prepare | unlearn | compare | merge``.
 
 Bad input exits with code 2 and one line on stderr (``error: ...``), never a traceback.
 """
@@ -91,7 +91,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sparsity", type=float, default=0.9, help="MAPE sparsity")
     p.add_argument("--retain-sample", type=int, default=None, help="retain examples (default 2048 GPU / 512 CPU)")
     p.add_argument("--out", required=True, help="results JSON path (the markdown table goes next to it, .md)")
+    p = sub.add_parser("merge", help="one comparison over the seeds of several compare runs (JSON + markdown)")
+    p.add_argument("inputs", nargs="+", help="compare JSON files of the same comparison with different seeds")
+    p.add_argument("--out", required=True, help="merged JSON path (the markdown table goes next to it, .md)")
     return parser
+
+
+def cmd_merge(args) -> int:
+    from mape.compare import CompareResult, merge_seeds, summary_lines
+
+    res = merge_seeds([CompareResult.load(p) for p in args.inputs])
+    json_path, md_path = res.save(args.out)
+    for line in summary_lines(res):
+        print(line)
+    print(f"wrote {json_path} and {md_path}")
+    return 0
 
 
 def cmd_presets(args) -> int:
@@ -175,7 +189,8 @@ def main(argv: list[str] | None = None) -> int:
             from mape.compare import cmd_compare
 
             return cmd_compare(args, _prepare, TqdmProgress)
-        return {"presets": cmd_presets, "prepare": cmd_prepare, "unlearn": cmd_unlearn}[args.command](args)
+        return {"presets": cmd_presets, "prepare": cmd_prepare, "unlearn": cmd_unlearn,
+                "merge": cmd_merge}[args.command](args)
     except MapeError as exc:
         print(f"error: {_one_line(str(exc))}", file=sys.stderr)
         return 2

@@ -197,3 +197,22 @@ def test_merge_refuses_what_cannot_be_averaged(ws, tmp_path):  # noqa: F811
     bad.write_bytes(b"\xff\xfe not text")
     with pytest.raises(MapeError, match="not valid JSON"):
         open_saved([bad])
+
+
+def test_cli_merge_writes_one_table_and_refuses_a_repeated_seed(ws, monkeypatch, capsys, tmp_path):  # noqa: F811
+    monkeypatch.setattr("mape.pipeline.prepare", lambda *a, **k: ws)
+    for seed in ("0", "1"):
+        assert main(["compare", "--forget", "random:12", "--methods", "mape", "--seeds", seed, "--relearn", "0",
+                     "--out", str(tmp_path / f"s{seed}.json"), "--quiet"]) == 0
+    parts = [json.loads((tmp_path / f"s{s}.json").read_text()) for s in "01"]
+    assert main(["merge", str(tmp_path / "s1.json"), str(tmp_path / "s0.json"), "--out", str(tmp_path / "m.json")]) == 0
+    merged = json.loads((tmp_path / "m.json").read_text())
+    assert merged["seeds"] == [0, 1]
+    assert merged["results"]["mape"]["gap_to_retrain"]["values"] == [
+        p["results"]["mape"]["gap_to_retrain"]["mean"] for p in parts]
+    assert "over 2 seed(s)" in (tmp_path / "m.md").read_text()
+    capsys.readouterr()
+    assert main(["merge", str(tmp_path / "s0.json"), str(tmp_path / "s0.json"), "--out", str(tmp_path / "x.json")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "seed(s) 0 appear in more than one run" in err
+    assert not (tmp_path / "x.json").exists()
