@@ -292,8 +292,12 @@ def merge_seeds(parts: list[CompareResult]) -> CompareResult:
             raise MapeError("Comparisons of successive requests cannot be merged (their per-request rows are "
                             "not stored per seed).")
         for key in MERGE_MUST_MATCH:
-            if getattr(p, key) != getattr(first, key):
-                raise MapeError(f"Cannot merge: {key} differs ({getattr(first, key)!r} vs {getattr(p, key)!r}).")
+            a, b = getattr(first, key), getattr(p, key)
+            if a != b:
+                if isinstance(a, dict) and isinstance(b, dict):  # name only the entries that differ
+                    keys = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+                    a, b = ({k: d.get(k) for k in keys} for d in (a, b))
+                raise MapeError(f"Cannot merge: {key} differs ({a!r} vs {b!r}).")
         for key in MACHINE_MUST_MATCH:
             if p.machine.get(key) != first.machine.get(key):
                 raise MapeError(f"Cannot merge runs from different machines: {key} "

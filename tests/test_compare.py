@@ -170,6 +170,9 @@ def test_merge_refuses_what_cannot_be_averaged(ws, tmp_path):  # noqa: F811
     elsewhere = CompareResult.from_json({**a.to_json(), "machine": {**a.machine, "cpu": "another CPU"}})
     with pytest.raises(MapeError, match="different machines"):
         merge_seeds([a, elsewhere])
+    stricter = CompareResult.from_json({**a.to_json(), "seeds": [1], "config": {**a.config, "tolerance": 0.01}})
+    with pytest.raises(MapeError, match=r"config differs \({'tolerance': 0.02} vs {'tolerance': 0.01}\)"):
+        merge_seeds([a, stricter])
     succ = CompareResult.from_json({**a.to_json(), "requests": ["random:4", "random:4"]})
     with pytest.raises(MapeError, match="successive requests"):
         merge_seeds([succ])
