@@ -90,12 +90,12 @@ def _command(args) -> str:
     return "python bench/run.py " + " ".join(shlex.quote(a) for a in args.argv)
 
 
-def _machine_line(machine: dict, device: str) -> str:
+def _machine_line(machine: dict, device: str, when: str = "") -> str:
     gpu = f", GPU {machine['gpu']}" if machine.get("gpu") else ""
     return (f"Machine: {machine.get('cpu')} ({machine.get('cores')} cores, {machine.get('torch_threads')} torch "
             f"threads){gpu}; device {device}; torch {machine.get('torch')}, transformers "
             f"{machine.get('transformers')}, Python {machine.get('python')}; "
-            f"{dt.datetime.now().strftime('%Y-%m-%d %H:%M')}.")
+            f"{when}{dt.datetime.now().strftime('%Y-%m-%d %H:%M')}.")
 
 
 def _slug(text: str) -> str:
@@ -180,7 +180,8 @@ def _write_quality_section(args, res, json_path: Path, n_train: int | None, wall
     body = "\n".join([
         f"## Quality · {res.preset}{limit} · forget `{res.forget}`", "",
         f"Command: `{_command(args)}`", "",
-        _machine_line(res.machine, res.device) + f" Wall time {wall_s:.0f} s; JSON: `{_rel(json_path)}`.", "",
+        _machine_line(res.machine, res.device, "merged " if note else "")
+        + f" Wall time {wall_s:.0f} s; JSON: `{_rel(json_path)}`.", "",
         *([note, ""] if note else []),
         res.markdown(title=f"{res.preset} · `{res.forget}` ({res.runs[0]['forget']['size']} examples) · "
                            + (f"{n_train} training examples · " if n_train else "") + f"seeds {seeds}"),

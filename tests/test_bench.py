@@ -57,6 +57,7 @@ def test_merge_writes_one_section_over_the_seeds_of_separate_runs(tmp_path, caps
     text = md.read_text()
     assert text.count("## Quality · test-vit-mnist, train limit 300 · forget `random:16`") == 1
     assert "Merged from 2 run(s)" in text and "seeds 0,1" in text and "over 2 seed(s)" in text
+    assert re.search(r"Python [\d.]+; merged \d{4}-\d\d-\d\d \d\d:\d\d\. Wall time \d+ s", text)
     merged = json.loads((results / "quality-test-vit-mnist-n300-random_16-seeds0-1.json").read_text())
     assert merged["seeds"] == [0, 1] and merged["results"]["mape"]["n"] == 2
     singles = [json.loads(p.read_text())["results"]["mape"]["forget_acc"]["mean"] for p in paths]
