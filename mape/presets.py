@@ -62,22 +62,34 @@ class Preset:
         return [m for m in self.requires if importlib.util.find_spec(m) is None]
 
     def data_dir(self, data_dir: str | None) -> Path | None:
+        """The data folder of a local preset: the folder named by ``--data``/``MAPE_DATA_DIR`` (itself or its
+        ``dataset_id`` subfolder) when one is named, else ``shared/data`` beside the package."""
         root = data_dir or os.environ.get("MAPE_DATA_DIR")
         if self.kind != "local":
             return Path(root) if root else None
-        for candidate in ([Path(root)] if root else []) + [Path(__file__).resolve().parents[2] / "shared" / "data"]:
-            if (candidate / "train.tsv").exists() or any(candidate.glob("train.*")):
-                return candidate
-            if (candidate / self.dataset_id).is_dir():
-                return candidate / self.dataset_id
+        candidate = Path(root) if root else Path(__file__).resolve().parents[2] / "shared" / "data"
+        if (candidate / "train.tsv").exists() or any(candidate.glob("train.*")):
+            return candidate
+        if (candidate / self.dataset_id).is_dir():
+            return candidate / self.dataset_id
         return None
+
+    def missing_data_message(self, data_dir: str | None) -> str:
+        named = data_dir or os.environ.get("MAPE_DATA_DIR")
+        how = "--data" if data_dir else "MAPE_DATA_DIR"
+        if not named:
+            return f"needs the '{self.dataset_id}' data folder: pass --data DIR or set MAPE_DATA_DIR"
+        if not Path(named).is_dir():
+            return f"the data folder '{named}' ({how}) does not exist"
+        return (f"the data folder '{named}' ({how}) has neither train/test files nor a '{self.dataset_id}' "
+                "subfolder")
 
     def availability(self, data_dir: str | None = None) -> tuple[bool, str]:
         missing = self.missing_packages()
         if missing:
             return False, f"needs the package(s) {', '.join(missing)} (pip install -r requirements.txt)"
         if self.kind == "local" and self.data_dir(data_dir) is None:
-            return False, f"needs the '{self.dataset_id}' data folder: pass --data DIR or set MAPE_DATA_DIR"
+            return False, self.missing_data_message(data_dir)
         if self.kind == "hub" and os.environ.get("HF_HUB_OFFLINE") == "1":
             return False, "needs the Hugging Face Hub (HF_HUB_OFFLINE=1 is set)"
         return True, "ready" if self.kind != "hub" else "downloads from the Hugging Face Hub on first use"

@@ -122,6 +122,27 @@ def test_ag_news_shared():
     assert set(np.unique(ds.test.y)) == {0, 1, 2, 3}
 
 
+def test_local_preset_data_folder_is_the_one_named(tmp_path, monkeypatch):
+    """--data (or MAPE_DATA_DIR) may name the data folder itself or the folder holding it; when one is
+    named, it is the only place looked at, and a wrong one is named in the message."""
+    from mape.presets import PRESETS
+
+    sst2 = PRESETS["minilm-sst2"]
+    path = shared("sst2")
+    monkeypatch.delenv("MAPE_DATA_DIR", raising=False)
+    assert sst2.data_dir(str(path)) == path
+    assert sst2.data_dir(str(path.parent)) == path.parent / "sst2"
+    monkeypatch.setenv("MAPE_DATA_DIR", str(path.parent))
+    assert sst2.data_dir(None) == path.parent / "sst2"
+    # a folder that exists but holds other data: not found there, even though shared/data has it
+    (tmp_path / "agnews").mkdir()
+    assert sst2.data_dir(str(tmp_path)) is None
+    assert sst2.availability(str(tmp_path)) == (
+        False, f"the data folder '{tmp_path}' (--data) has neither train/test files nor a 'sst2' subfolder")
+    monkeypatch.setenv("MAPE_DATA_DIR", str(tmp_path / "missing"))
+    assert sst2.availability(None) == (False, f"the data folder '{tmp_path / 'missing'}' (MAPE_DATA_DIR) does not exist")
+
+
 # ---------------------------------------------------------------- folder formats
 
 

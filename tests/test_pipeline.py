@@ -1,6 +1,7 @@
 """End-to-end runs on a real pretrained MiniLM and real BBC News (small and fast)."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -128,6 +129,11 @@ def test_cli_unlearn_writes_the_schema(tmp_path, capsys):
     (["unlearn", "--preset", "test-minilm-bbc", "--forget", "random:3", "--objective", "best", "--out", "x.json"], "objective"),
     (["unlearn", "--preset", "test-minilm-bbc", "--forget", "random:3"], "--out"),
     (["unlearn", "--model", "not a model id!", "--data", "x", "--forget", "random:3", "--out", "x.json"], "neither"),
+    # a named data folder is the only place looked at: no silent fallback to shared/data
+    (["unlearn", "--preset", "minilm-sst2", "--data", "no/such/folder", "--forget", "random:3", "--out", "x.json"],
+     "'no/such/folder' (--data) does not exist"),
+    (["unlearn", "--preset", "minilm-agnews", "--data", str(Path(__file__).parent), "--forget", "random:3",
+      "--out", "x.json"], "has neither train/test files nor a 'ag_news' subfolder"),
 ])
 def test_cli_bad_input_exits_2_with_one_line(argv, message, capsys):
     assert main(argv + ["--quiet"] if "--out" in argv else argv) == 2
