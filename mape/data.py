@@ -228,6 +228,11 @@ def _find_file(folder: Path, stem: str) -> Path | None:
     return None
 
 
+def is_dataset_folder(folder: Path) -> bool:
+    """Whether ``load_folder`` finds a train file in ``folder``."""
+    return _find_file(folder, "train") is not None
+
+
 def _read_table(path: Path):
     import pandas as pd
 

@@ -20,6 +20,7 @@ from typing import Callable
 
 import torch
 
+from mape.data import is_dataset_folder
 from mape.errors import MapeError
 from mape.models import ImageFormat, TaskModel
 from mape.train import Recipe
@@ -64,19 +65,18 @@ class Preset:
     def data_dir(self, data_dir: str | None) -> Path | None:
         """The data folder of a local preset: the folder named by ``--data``/``MAPE_DATA_DIR`` (itself or its
         ``dataset_id`` subfolder) when one is named, else ``shared/data`` beside the package."""
-        root = data_dir or os.environ.get("MAPE_DATA_DIR")
+        root, _ = _named_data_folder(data_dir)
         if self.kind != "local":
             return Path(root) if root else None
         candidate = Path(root) if root else Path(__file__).resolve().parents[2] / "shared" / "data"
-        if (candidate / "train.tsv").exists() or any(candidate.glob("train.*")):
+        if is_dataset_folder(candidate):
             return candidate
         if (candidate / self.dataset_id).is_dir():
             return candidate / self.dataset_id
         return None
 
     def missing_data_message(self, data_dir: str | None) -> str:
-        named = data_dir or os.environ.get("MAPE_DATA_DIR")
-        how = "--data" if data_dir else "MAPE_DATA_DIR"
+        named, how = _named_data_folder(data_dir)
         if not named:
             return f"needs the '{self.dataset_id}' data folder: pass --data DIR or set MAPE_DATA_DIR"
         if not Path(named).is_dir():
@@ -93,6 +93,13 @@ class Preset:
         if self.kind == "hub" and os.environ.get("HF_HUB_OFFLINE") == "1":
             return False, "needs the Hugging Face Hub (HF_HUB_OFFLINE=1 is set)"
         return True, "ready" if self.kind != "hub" else "downloads from the Hugging Face Hub on first use"
+
+
+def _named_data_folder(data_dir: str | None) -> tuple[str | None, str]:
+    """The data folder the user named, and how: ``--data`` first, then ``MAPE_DATA_DIR``."""
+    if data_dir:
+        return data_dir, "--data"
+    return os.environ.get("MAPE_DATA_DIR") or None, "MAPE_DATA_DIR"
 
 
 MINILM_RECIPE = Recipe(epochs=3, lr=1e-4, batch_size=16, freeze_embeddings=True)
