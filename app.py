@@ -421,6 +421,10 @@ def _status_line(kind: str, bold: str, rest: str = "") -> str:
             f'{(" — " + html.escape(rest)) if rest else ""}</div>')
 
 
+# measured on 2 idle CPU cores (README, BENCHMARKS.md); other presets depend on the data size
+CPU_TRAINING_TIME = {"minilm-bbc": "about 4 minutes on a CPU", "vit-mnist": "about 2 minutes on a CPU"}
+
+
 def model_status(name: str) -> str:
     """HTML line: is the preset's original model ready, cached on disk, being prepared or not trained?"""
     key = _ws_key(name)
@@ -446,7 +450,7 @@ def model_status(name: str) -> str:
     if PRESETS[name].finetuned:
         return _status_line("hub", "Published fine-tuned model",
                             "downloaded from the Hugging Face Hub when you click Prepare model or Run.")
-    eta = "about 4 minutes on a CPU" if name == "minilm-bbc" and not ON_GPU else "a little while"
+    eta = "a little while" if ON_GPU else CPU_TRAINING_TIME.get(name, "a little while")
     return _status_line("todo", "Not trained yet",
                         f"the original model is trained once ({eta}) and cached. Click Prepare model now, or just "
                         f"Run (it prepares first).")

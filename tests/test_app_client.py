@@ -279,3 +279,15 @@ def test_tables_and_samples():
     assert test_y[s["test"][0]] == 2 and len(s["test"]) == 4
     assert set(train_y[s["retain"]]) == {0, 1}
     assert S.compose_spec("random", " 32 ") == "random:32"
+
+
+def test_model_status_before_training(tmp_path, monkeypatch):
+    """An empty cache: the preset is 'not trained yet', with the measured CPU training time."""
+    monkeypatch.setenv("MAPE_CACHE", str(tmp_path))
+    import app
+
+    status = app.model_status("vit-mnist")
+    assert "Not trained yet" in status
+    if not app.ON_GPU:
+        assert "about 2 minutes on a CPU" in status
+    assert not any(tmp_path.iterdir())  # asking for the status trains and writes nothing
