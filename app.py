@@ -47,6 +47,7 @@ from mape import app_support as S
 from mape import figures as FG
 from mape.errors import MapeError
 from mape.forget import select_forget
+from mape.pipeline import MAX_GREEDY_PASSES
 from mape.presets import DEFAULT_PRESET, PRESETS, get_preset
 
 log = logging.getLogger("mape.app")
@@ -668,7 +669,8 @@ def build_demo(presets: list[str] | str | None = None, concurrency: int | None =
             with gr.Row():
                 retain_sample = gr.Number(retain_default, label="Retain sample for the scores", precision=0, minimum=1,
                                           elem_id="retain-sample")
-                passes = gr.Number(1, label="Greedy passes", precision=0, minimum=0, maximum=5, elem_id="passes")
+                passes = gr.Number(1, label="Greedy passes", precision=0, minimum=0, maximum=MAX_GREEDY_PASSES,
+                                   elem_id="passes")
                 joint = gr.Checkbox(False, label="One joint budget counted in parameters", elem_id="joint")
                 tolerance = gr.Number(0.02, label="Retain-accuracy tolerance (auto step)", minimum=0, maximum=1,
                                       elem_id="tolerance")
@@ -1156,10 +1158,7 @@ def _config(objective, sparsity, update, step, seed, retrain, retain_sample, pas
         raise MapeError("Seed, retain sample and greedy passes must be whole numbers; sparsity and tolerance numbers.") from None
     if seed < 0:
         raise MapeError("The seed must be a non-negative whole number.")
-    if not 0 <= passes <= 5:
-        raise MapeError("Greedy passes must be between 0 and 5.")
-    if not 0 <= tolerance <= 1:
-        raise MapeError("The retain-accuracy tolerance must be between 0 and 1.")
+    # ranges (passes, tolerance, ...) are checked by UnlearnConfig.validate in _validate_request
     step = str(step).strip() if step not in (None, "") else "auto"
     return dict(objective=str(objective), sparsity=sparsity, update=str(update), step=step, seed=seed,
                 retrain=bool(retrain), retain_sample=retain_sample, greedy_passes=passes, joint_budget=bool(joint),

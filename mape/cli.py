@@ -67,7 +67,8 @@ def _method_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--retrain", action="store_true", help="also retrain without the forget set (gold standard)")
     p.add_argument("--joint-budget", action="store_true", help="one budget counted in parameters")
     p.add_argument("--retain-sample", type=int, default=None, help="retain examples for the scores (default 2048 GPU / 512 CPU)")
-    p.add_argument("--greedy-passes", type=int, default=1)
+    p.add_argument("--greedy-passes", type=int, default=1,
+                   help="passes of the greedy block refinement (0: warm start only; stops early when a pass swaps nothing)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -51,6 +51,9 @@ def device_name(device: torch.device) -> str:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
 
 
+MAX_GREEDY_PASSES = 5  # refinement passes allowed; a pass that swaps nothing ends the refinement early
+
+
 @dataclass
 class UnlearnConfig:
     objective: str = "mlr"
@@ -60,7 +63,7 @@ class UnlearnConfig:
     seed: int = 0
     retrain: bool = False
     joint_budget: bool = False
-    greedy_passes: int = 1
+    greedy_passes: int = 1           # 0: the warm start only; a pass that swaps nothing ends the search
     retain_sample: int | None = None  # None: 2,048 on a GPU, 512 on a CPU
     batch_size: int = 32
     tolerance: float = 0.02
@@ -91,10 +94,28 @@ class UnlearnConfig:
         if not _is_int(self.seed) or not 0 <= self.seed < 2**32:
             raise MapeError(f"The seed must be a whole number in 0..{2**32 - 1}, got {self.seed!r}.")
         self.seed = int(self.seed)
+        if not _is_int(self.greedy_passes) or not 0 <= self.greedy_passes <= MAX_GREEDY_PASSES:
+            raise MapeError(f"Greedy passes must be a whole number from 0 to {MAX_GREEDY_PASSES}, got {self.greedy_passes!r}.")
+        if not _is_int(self.batch_size) or self.batch_size < 1:
+            raise MapeError(f"The batch size must be a whole number of at least 1, got {self.batch_size!r}.")
+        if not _is_int(self.so_steps) or self.so_steps < 1:
+            raise MapeError(f"The number of so steps must be a whole number of at least 1, got {self.so_steps!r}.")
+        if not _is_number(self.tolerance) or not 0 <= self.tolerance <= 1:
+            raise MapeError(f"The retain-accuracy tolerance must be a number from 0 to 1, got {self.tolerance!r}.")
+        if not _is_number(self.damping) or self.damping <= 0:
+            raise MapeError(f"The damping must be a positive number, got {self.damping!r}.")
+        if self.lr is not None and (not _is_number(self.lr) or self.lr <= 0):
+            raise MapeError(f"The learning rate must be a positive number, got {self.lr!r}.")
 
 
 def _is_int(value) -> bool:
     return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    """A finite real number (not a bool)."""
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool) \
+        and bool(np.isfinite(value))
 
 
 class Workspace:

@@ -127,6 +127,8 @@ def test_cli_unlearn_writes_the_schema(tmp_path, capsys):
     (["unlearn", "--preset", "test-minilm-bbc", "--forget", "random:3", "--sparsity", "1.5", "--out", "x.json"], "Sparsity"),
     (["unlearn", "--preset", "test-minilm-bbc", "--forget", "random:3", "--step", "fast", "--out", "x.json"], "Step"),
     (["unlearn", "--preset", "test-minilm-bbc", "--forget", "random:3", "--objective", "best", "--out", "x.json"], "objective"),
+    (["unlearn", "--preset", "test-minilm-bbc", "--forget", "random:3", "--greedy-passes", "-1", "--out", "x.json"],
+     "Greedy passes must be a whole number from 0 to 5, got -1"),
     (["unlearn", "--preset", "test-minilm-bbc", "--forget", "random:3"], "--out"),
     (["unlearn", "--model", "not a model id!", "--data", "x", "--forget", "random:3", "--out", "x.json"], "neither"),
     # a named data folder is the only place looked at: no silent fallback to shared/data

@@ -189,10 +189,14 @@ def test_select_forget_only_raises_mape_error(tiny_ws, spec, seed):
 @FAST
 @given(objective=st.one_of(NAMES, ANY), update=st.one_of(NAMES, ANY), sparsity=st.one_of(FLOATS, ANY),
        step=st.one_of(NUMERIC_TEXT, ANY), seed=st.one_of(st.integers(-3, 2**70), ANY),
-       retain_sample=st.one_of(st.none(), st.integers(-3, 5000), ANY))
-def test_unlearn_config_validate_only_raises_mape_error(objective, update, sparsity, step, seed, retain_sample):
+       retain_sample=st.one_of(st.none(), st.integers(-3, 5000), ANY),
+       passes=st.one_of(st.integers(-2, 8), ANY), tolerance=st.one_of(FLOATS, ANY),
+       damping=st.one_of(FLOATS, ANY), lr=st.one_of(st.none(), FLOATS, ANY))
+def test_unlearn_config_validate_only_raises_mape_error(objective, update, sparsity, step, seed, retain_sample,
+                                                        passes, tolerance, damping, lr):
     config = P.UnlearnConfig(objective=objective, update=update, sparsity=sparsity, step=step, seed=seed,
-                             retain_sample=retain_sample)
+                             retain_sample=retain_sample, greedy_passes=passes, tolerance=tolerance,
+                             damping=damping, lr=lr)
     try:
         config.validate()
     except MapeError as e:
@@ -203,6 +207,9 @@ def test_unlearn_config_validate_only_raises_mape_error(objective, update, spars
     assert config.step == "auto" or (math.isfinite(config.step) and config.step > 0)
     assert isinstance(config.seed, int) and 0 <= config.seed < 2**32
     assert config.retain_sample is None or (isinstance(config.retain_sample, int) and config.retain_sample >= 1)
+    assert isinstance(config.greedy_passes, int) and 0 <= config.greedy_passes <= P.MAX_GREEDY_PASSES
+    assert 0 <= config.tolerance <= 1 and math.isfinite(config.damping) and config.damping > 0
+    assert config.lr is None or (math.isfinite(config.lr) and config.lr > 0)
     config.validate()  # idempotent
 
 
