@@ -63,7 +63,7 @@ class UnlearnConfig:
     seed: int = 0
     retrain: bool = False
     joint_budget: bool = False
-    greedy_passes: int = 1           # 0: the warm start only; a pass that swaps nothing ends the search
+    greedy_passes: int = 1           # 0: the warm start only (at most MAX_GREEDY_PASSES)
     retain_sample: int | None = None  # None: 2,048 on a GPU, 512 on a CPU
     batch_size: int = 32
     tolerance: float = 0.02
