@@ -132,16 +132,18 @@ class BaselineConfig:
     ssd_lambda: float = 1.0             # SSD dampening constant λ
 
     def validate(self) -> None:
-        if not 0 < self.sparsity < 1:
-            raise MapeError(f"Sparsity must be strictly between 0 and 1, got {self.sparsity!r}.")
+        from mape.pipeline import UnlearnConfig
+
+        # the settings shared with the MAPE rows: the engine's own checks (one rule for both)
+        shared = dict(sparsity=self.sparsity, retain_sample=self.retain_sample, batch_size=self.batch_size,
+                      tolerance=self.tolerance, lr=self.lr)
+        UnlearnConfig(**shared, **({} if self.damping is None else {"damping": self.damping})).validate()
         if not 0 < self.salun_fraction <= 1:
             raise MapeError(f"The SalUn fraction must be in (0, 1], got {self.salun_fraction!r}.")
         if self.ssd_alpha <= 0 or self.ssd_lambda <= 0:
             raise MapeError("SSD's alpha and lambda must be positive.")
         if self.ft_epochs < 1 or (self.ft_max_steps is not None and self.ft_max_steps < 1):
             raise MapeError("ft needs at least one epoch and one step.")
-        if self.retain_sample is not None and self.retain_sample < 1:
-            raise MapeError("The retain sample size must be at least 1.")
         if self.max_steps < 1 or self.eval_every < 1:
             raise MapeError("max_steps and eval_every must be at least 1.")
 

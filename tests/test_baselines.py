@@ -237,6 +237,14 @@ def test_config_validation():
         BaselineConfig(ssd_alpha=-1).validate()
     with pytest.raises(MapeError):
         BaselineConfig(sparsity=1.0).validate()
+    # the settings shared with MAPE are checked by the engine's rule, before any method runs
+    with pytest.raises(MapeError, match="tolerance must be a number from 0 to 1"):
+        BaselineConfig(tolerance=5.0).validate()
+    with pytest.raises(MapeError, match="damping must be a positive number"):
+        BaselineConfig(damping=0.0).validate()
+    with pytest.raises(MapeError, match="retain sample size must be a whole number of at least 1"):
+        BaselineConfig(retain_sample=0).validate()
+    BaselineConfig().validate()
 
 
 def test_baselines_draw_the_same_check_samples_as_unlearn(ws, forget, monkeypatch):
