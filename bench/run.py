@@ -39,6 +39,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from mape.errors import MapeError  # noqa: E402
+from mape.executors import add_executor_args  # noqa: E402
 
 from bench.common import proc_status_mb, reset_peak_rss, sync as _sync  # noqa: E402
 
@@ -151,22 +152,29 @@ def cmd_quality(args) -> int:
 
     from mape.baselines import DEFAULT_METHODS, BaselineConfig, parse_methods
     from mape.compare import compare, parse_seeds
+    from mape.executors import executor_from_args
     from mape.pipeline import prepare
 
     methods = parse_methods(list(DEFAULT_METHODS) if args.methods == "all" else args.methods)
     seeds = parse_seeds(args.seeds)
     forget_sets = [s.strip() for s in args.forget_sets.split(",") if s.strip()]
+    executor = executor_from_args(args, quiet=args.quiet)  # --executor ray without Ray: exit 2 here
     if args.threads:
         torch.set_num_threads(args.threads)
     ws = prepare(args.preset, args.data, args.train_limit, args.device, None, _progress(args))
     out_dir = Path(args.results_dir)
-    for spec in forget_sets:
-        t0 = time.perf_counter()
-        res = compare(ws, spec, methods, seeds, _progress(args), config=BaselineConfig(),
-                      relearn_steps=args.relearn)
-        json_path, md_path = res.save(out_dir / f"{_quality_name(args.preset, args.train_limit, spec)}.json")
-        _write_quality_section(args, res, json_path, len(ws.dataset.train), time.perf_counter() - t0)
-        print(f"{args.preset} {spec}: best {res.best_method()} — wrote {json_path} and a section of {args.output}")
+    ray_tag = "-ray" if executor.name == "ray" else ""  # a Ray run has its own JSON and section
+    try:
+        for spec in forget_sets:
+            t0 = time.perf_counter()
+            res = compare(ws, spec, methods, seeds, _progress(args), config=BaselineConfig(),
+                          relearn_steps=args.relearn, executor=executor)
+            name = f"{_quality_name(args.preset, args.train_limit, spec)}{ray_tag}.json"
+            json_path, md_path = res.save(out_dir / name)
+            _write_quality_section(args, res, json_path, len(ws.dataset.train), time.perf_counter() - t0)
+            print(f"{args.preset} {spec}: best {res.best_method()} — wrote {json_path} and a section of {args.output}")
+    finally:
+        executor.close()
     return 0
 
 
@@ -178,7 +186,8 @@ def _write_quality_section(args, res, json_path: Path, n_train: int | None, wall
     limit = f", train limit {args.train_limit}" if args.train_limit else ""
     seeds = ",".join(str(s) for s in res.seeds)
     body = "\n".join([
-        f"## Quality · {res.preset}{limit} · forget `{res.forget}`", "",
+        f"## Quality · {res.preset}{limit} · forget `{res.forget}`"
+        + (" · Ray executor" if res.executor.get("name") == "ray" else ""), "",
         f"Command: `{_command(args)}`", "",
         _machine_line(res.machine, res.device, "merged " if note else "")
         + f" Wall time {wall_s:.0f} s; JSON: `{_rel(json_path)}`.", "",
@@ -186,7 +195,8 @@ def _write_quality_section(args, res, json_path: Path, n_train: int | None, wall
         res.markdown(title=f"{res.preset} · `{res.forget}` ({res.runs[0]['forget']['size']} examples) · "
                            + (f"{n_train} training examples · " if n_train else "") + f"seeds {seeds}"),
     ])
-    merge_section(Path(args.output), f"quality/{res.preset}/{args.train_limit or 'all'}/{res.forget}", body)
+    ray = "/ray" if res.executor.get("name") == "ray" else ""
+    merge_section(Path(args.output), f"quality/{res.preset}/{args.train_limit or 'all'}/{res.forget}{ray}", body)
 
 
 def cmd_merge(args) -> int:
@@ -351,6 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--forget-sets", default="random:128,class:0", help="comma-separated forget specs")
     p.add_argument("--relearn", type=int, default=5, help="relearn-test steps (0: off)")
+    add_executor_args(p)  # --executor local|ray, --address, --cpus-per-task, --max-retries (issue 17)
     p = sub.add_parser("speed", help="MAPE search / update time and memory against a fresh retrain")
     common(p)
     p.add_argument("--methods", default="mape", help="comma-separated methods to time (retrain always)")

@@ -433,9 +433,16 @@ def _target_lines(update: dict) -> list[str]:
     target = update.get("target")
     if not update.get("auto") or not target:
         return []
-    return [f"**Forget target:** {100 * target['forget_acc']:.1f}% forget accuracy ({target['source']}), "
-            f"retain accuracy at most {100 * target['tolerance']:.0f} points below "
-            f"{100 * target['retain_acc']:.1f}% on the check sample."]
+    dist = target.get("loss_distribution")
+    conf = (f" and the loss distribution of unseen examples (median loss {dist['reference_median_loss']:.2g}; "
+            f"matched when P(forget loss > unseen loss) is within 50 ± {100 * dist['rank_shift_within']:.0f}%)"
+            if dist and dist.get("reference_median_loss") is not None else "")
+    lines = [f"**Forget target:** {100 * target['forget_acc']:.1f}% forget accuracy ({target['source']}){conf}, "
+             f"retain accuracy at most {100 * target['tolerance']:.0f} points below "
+             f"{100 * target['retain_acc']:.1f}% on the check sample."]
+    if update.get("stopped"):
+        lines.append(f"**Follow-up steps stopped early:** {update['stopped']}.")
+    return lines
 
 
 def summary_markdown(result: dict) -> str:
@@ -581,20 +588,30 @@ d = M \odot (\hat I_r + \lambda)^{-1} \odot \nabla_\theta \mathcal{L}(D_f),$$
 with $M$ the parameters owned by the selected units, $\hat I_r$ the diagonal parameter Fisher on the retain sample and
 $\lambda$ a damping term (so $\eta$ is relative: the fraction of $\lVert\theta_M\rVert$ the step moves). Every other
 parameter stays **bit-identical**. With step size **auto**, $\eta$ is chosen from a small grid by forward passes only,
-so that forget accuracy falls to what a retrained model would score on $D_f$ (for a random forget set: the
-original's accuracy, per class, on training examples it never saw (those a training limit left out; else the test
-set); for a whole class: 0) while retain accuracy stays within a tolerance.
+so that $D_f$ ends up looking the way it would to a model retrained without it, while retain accuracy stays within a
+tolerance. For a whole class that is accuracy 0 (a class the model never learned). For a random, partial-class or
+pattern set it is the accuracy **and the confidence** of examples the model never saw, of the same classes (the
+original's per-example losses on training examples a training limit left out, else on the test set, drawn in
+$D_f$'s class mix): the step is right when $P(\ell_f > \ell_{\text{unseen}}) \approx \tfrac12$. Accuracy alone is
+not enough: on a set the model generalises to, accuracy is reached almost at once while the examples keep the
+near-certain confidence of training data — and that confidence is exactly what a membership attack reads.
 If one step cannot get there within the tolerance, up to four more steps follow, each from the point reached and
-along $M \odot (\hat I_r + \lambda)^{-1} \odot (\nabla_\theta \mathcal{L}(D_f^{\text{left}}) - \nabla_\theta
-\mathcal{L}(D_r))$, where $D_f^{\text{left}}$ are the forget examples still classified correctly: the already
-forgotten ones would otherwise dominate the gradient, and the retain term repairs what the previous steps cost.
+along $M \odot (\hat I_r + \lambda)^{-1} \odot (\hat g_f - \hat g_r)$: $\hat g_f$ is the gradient of the *log* loss
+of the forget examples still more confident than the unseen example of the same rank (for a class: the loss of those
+still classified correctly), $\hat g_r$ the retain gradient that repairs what the previous steps cost. They stop
+early, and say why, when a step brings $D_f$ no closer (it is undone) or when they would outlast the search.
 Other rules: **ga** (gradient ascent on $D_f$), **gd** (ascent on $D_f$ + descent on $D_r$), **rl** (random labels
 on $D_f$ + $D_r$), **npo** (negative preference optimisation against $\theta^*$) — all restricted to the same units.
 
 ### 5. How to read the results
 - **FA / RA / TA**: accuracy on the forget set, on a fixed retain sample, on the test set. A good unlearned model
   matches the retrained one: FA drops to retrain's level while RA and TA stay.
-- **MIA efficacy**: a membership-inference classifier (confidence features, trained on retain = member vs
-  test = non-member) applied to $D_f$; the share judged "not a member". Higher = the forget set looks unseen.
+- **MIA efficacy**: a membership-inference classifier trained on retain (member) vs test (non-member) examples,
+  on the scaled confidence $\phi = \log p_y - \log\sum_{j\ne y} p_j$ (on the raw probability a near-certain model's
+  members and non-members differ by $10^{-4}$), applied to $D_f$ and averaged over 16 resamples; the share judged
+  "not a member". Higher = the forget set looks unseen; a retrained model's value is what unseen data reads.
+- **Loss distance**: the Kolmogorov–Smirnov distance between $D_f$'s per-example losses under a model and under
+  the retrained model (0 = the same distribution, 1 = disjoint); it needs no attacker. The loss-distribution chart
+  shows the same thing as a picture.
 - **Average gap to retrain**: $\frac14\sum_{k\in\{FA,RA,TA,MIA\}} |k - k_{\text{retrain}}|$, in points. Lower is better.
 """

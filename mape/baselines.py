@@ -23,6 +23,10 @@ Methods (names as the CLI takes them):
 - ``salun``: SalUn. Saliency |∇θ L(D_f)| (mean forget loss) over the same parameters; the top
   ``salun_fraction`` (default 50 %) of entries, ranked globally, form the mask; then ``rl`` (random
   labels on D_f plus D_r) on that mask with the auto number of steps.
+- ``scrub``: SCRUB (Kurmanji et al., 2023), teacher–student: the original is a frozen teacher; epochs of
+  a max pass on D_f (ascend the distillation KL) and a min pass on the retain sample (KL + cross-entropy),
+  Adam at the recipe's lr on the same parameters as the full-parameter rules, the number of epochs chosen
+  by the same target (:func:`scrub`).
 - ``ssd``: selective synaptic dampening. Diagonal Fisher on D_f (F_f) and on the retain sample (F_r),
   both per-example (``mape.scoring`` convention), over the same parameters; entries with
   F_f > α·F_r are multiplied by min(λ·F_r/F_f, 1); α = 10, λ = 1. No step size (α, λ fixed), so the
@@ -55,24 +59,24 @@ from mape.forget import ForgetSet
 from mape.models import Encoded, TaskModel
 from mape.scoring import param_stats
 from mape.train import Recipe, _embedding_params, train
-from mape.update import (UPDATES, MaskedParams, Target, UpdateReport, accuracy, iterative_update,
-                         so_direction, so_update)
+from mape.update import (UPDATES, MaskedParams, Target, UpdateReport, _closeness, accuracy, as_check, check,
+                         iterative_update, so_direction, so_update)
 
 Progress = Callable[[str, float], None]
 
 MAPE_OBJECTIVES = ("mlr", "mlf", "norm", "random")
 FULL_RULES = UPDATES  # so, ga, gd, rl, npo on all Transformer-layer parameters
 BASE_METHODS = ("mape", "mape-mlf", "mape-norm", "mape-random", "ft", "so", "ga", "gd", "rl", "npo",
-                "salun", "ssd", "l1-sparse", "retrain")
+                "salun", "ssd", "scrub", "l1-sparse", "retrain")
 DEFAULT_METHODS = ("mape", "mape-mlf", "mape-norm", "mape-random", "ft", "so", "ga", "gd", "rl", "salun",
-                   "ssd", "l1-sparse")
+                   "ssd", "scrub", "l1-sparse")
 _MAPE_RE = re.compile(r"^mape(?:-(?P<obj>[a-z]+))?(?:\+(?P<rule>[a-z]+))?$")
 
 
 @dataclass(frozen=True)
 class MethodSpec:
     name: str
-    kind: str                 # mape | full | salun | ssd | ft | l1-sparse | retrain
+    kind: str                 # mape | full | salun | ssd | scrub | ft | l1-sparse | retrain
     objective: str | None = None
     update: str | None = None
 
@@ -94,7 +98,7 @@ def parse_method(name: str) -> MethodSpec:
             return MethodSpec(canonical, "mape", obj, rule)
     elif name in FULL_RULES:
         return MethodSpec(name, "full", None, name)
-    elif name in ("salun", "ssd", "ft", "l1-sparse", "retrain"):
+    elif name in ("salun", "ssd", "scrub", "ft", "l1-sparse", "retrain"):
         return MethodSpec(name, name, None, "rl" if name == "salun" else None)
     raise MapeError(f"Unknown method {raw!r}; valid methods: {valid_methods_text()}.")
 
@@ -130,6 +134,7 @@ class BaselineConfig:
     salun_fraction: float = 0.5         # SalUn: share of parameter entries in the saliency mask
     ssd_alpha: float = 10.0             # SSD selection threshold α
     ssd_lambda: float = 1.0             # SSD dampening constant λ
+    scrub_epochs: int = 5               # SCRUB: at most this many max/min epochs (auto: stops at the target)
 
     def validate(self) -> None:
         from mape.pipeline import UnlearnConfig
@@ -144,6 +149,8 @@ class BaselineConfig:
             raise MapeError("SSD's alpha and lambda must be positive.")
         if self.ft_epochs < 1 or (self.ft_max_steps is not None and self.ft_max_steps < 1):
             raise MapeError("ft needs at least one epoch and one step.")
+        if not isinstance(self.scrub_epochs, int) or self.scrub_epochs < 1:
+            raise MapeError(f"SCRUB needs at least one epoch, got {self.scrub_epochs!r}.")
         if self.max_steps < 1 or self.eval_every < 1:
             raise MapeError("max_steps and eval_every must be at least 1.")
 
@@ -206,7 +213,7 @@ def _context(ws, forget: ForgetSet, seed: int, config: BaselineConfig, forgotten
 
 
 def _evaluator(task: TaskModel, ctx: _Context):
-    return lambda: (accuracy(task, ctx.check_f), accuracy(task, ctx.check_r))
+    return lambda: check(task, ctx.check_f, ctx.check_r)
 
 
 # --------------------------------------------------------------------------- SalUn and SSD
@@ -269,6 +276,84 @@ def ssd_dampen(task: TaskModel, forget_enc: Encoded, retain_enc: Encoded, alpha:
         total += p.numel()
         factor_sum += float(beta[sel].sum())
     return SSDReport(alpha, lam, selected, total, factor_sum / selected if selected else 1.0)
+
+
+# --------------------------------------------------------------------------- SCRUB
+
+SCRUB_T = 4.0           # distillation temperature (Kurmanji et al., 2023)
+SCRUB_MAX_EPOCHS = 3    # "msteps": epochs that include the max (forget) pass; later epochs only repair
+
+
+def _distill_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, t: float = SCRUB_T) -> torch.Tensor:
+    """KL(teacher ‖ student) at temperature t, scaled by t² (per example, mean over the batch)."""
+    log_s = torch.log_softmax(student_logits / t, -1)
+    p_t = torch.softmax(teacher_logits / t, -1)
+    return Fn.kl_div(log_s, p_t, reduction="batchmean") * t * t
+
+
+def scrub(task: TaskModel, forget: Encoded, retain: Encoded, evaluate, target: Target, lr: float,
+          batch_size: int = 32, seed: int = 0, max_epochs: int = 5, params: list | None = None,
+          progress: Progress | None = None) -> UpdateReport:
+    """SCRUB (Kurmanji et al., 2023, "Towards Unbounded Machine Unlearning"): the model is a student of
+    the original (the frozen teacher). Each epoch has a *max* pass over D_f — ascend KL(teacher ‖ student),
+    moving away from the teacher on the forget set — (only in the first ``SCRUB_MAX_EPOCHS`` epochs) and a
+    *min* pass over the retain sample — descend KL(teacher ‖ student) + cross-entropy, staying with the
+    teacher elsewhere — with Adam at ``lr`` on ``params`` (default: the Transformer layers, as the other
+    full-parameter baselines). After every epoch the check samples are measured against ``target``; the
+    epoch closest to it is kept (auto number of epochs, the same rule as the other iterative methods).
+    As in the authors' code the student trains with dropout on (train mode): at the start student and
+    teacher are equal and the max pass's KL gradient would be exactly zero without it."""
+    params = params if params is not None else layer_params(task)
+    mp = MaskedParams({p: torch.ones_like(p, dtype=torch.bool) for p in params})
+    teacher = task.clone()
+    model, device = task.model, task.device
+    saved = [p.requires_grad for p in model.parameters()]
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for p in params:
+        p.requires_grad_(True)
+    opt = torch.optim.Adam(params, lr=lr)
+    trials, best, chosen = [], None, 0
+    was_training = model.training
+    teacher.model.eval()
+    torch.manual_seed(seed)
+
+    def teacher_logits(x):
+        with torch.no_grad():
+            return teacher.logits(x).float()
+
+    def sgd_step(loss):
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    try:
+        for epoch in range(1, max_epochs + 1):
+            model.train()
+            if epoch <= SCRUB_MAX_EPOCHS:
+                for x, _ in forget.batches(batch_size, device, shuffle_seed=seed * 1000 + epoch):
+                    sgd_step(-_distill_kl(task.logits(x).float(), teacher_logits(x)))
+            for x, y in retain.batches(batch_size, device, shuffle_seed=seed * 1000 + 500 + epoch):
+                logits = task.logits(x).float()
+                sgd_step(_distill_kl(logits, teacher_logits(x)) + Fn.cross_entropy(logits, y))
+            c = as_check(evaluate())
+            trials.append({"step": epoch, **target.describe(c)})
+            if best is None or _closeness(c, target, epoch) < _closeness(best[1], target, chosen):
+                best, chosen = (mp.snapshot(), c), epoch
+            if progress:
+                progress("scrub epochs", epoch / max_epochs)
+            if target.reached(c.forget_acc, c.forget_losses) or not target.feasible(c.retain_acc):
+                break
+        mp.load(best[0])
+    finally:
+        for p, flag in zip(model.parameters(), saved):
+            p.requires_grad_(flag)
+            p.grad = None
+        model.train(was_training)
+        del teacher
+    final = best[1]
+    reached = target.reached(final.forget_acc, final.forget_losses) and target.feasible(final.retain_acc)
+    return UpdateReport("scrub", chosen, True, trials, reached, mp.changed(), final=final)
 
 
 # --------------------------------------------------------------------------- fine-tuning
@@ -365,7 +450,7 @@ def run_method(ws, method: str | MethodSpec, forget: ForgetSet, seed: int = 0, c
     ctx = _context(ws, forget, seed, config, forgotten)
     task = base.clone()
     torch.manual_seed(seed)
-    from mape.pipeline import forget_target_estimate
+    from mape.pipeline import forget_target
 
     evaluate = _evaluator(task, ctx)
     t0 = time.perf_counter()
@@ -378,9 +463,7 @@ def run_method(ws, method: str | MethodSpec, forget: ForgetSet, seed: int = 0, c
             details["mask_entries"] = int(sum(int(m.sum()) for m in masks.values()))
             details["mask_fraction"] = config.salun_fraction
         mp = MaskedParams(masks)
-        _, ra0 = evaluate()
-        target_fa, target_source = forget_target_estimate(ws, forget)
-        target = Target(target_fa, ra0, config.tolerance, source=target_source)
+        target = forget_target(ws, forget, evaluate().retain_acc, config.tolerance, seed)
         details["forget_target"] = target.to_json()
         if spec.update == "so":
             params = list(mp.masks)
@@ -399,6 +482,13 @@ def run_method(ws, method: str | MethodSpec, forget: ForgetSet, seed: int = 0, c
                                       eval_every=config.eval_every, progress=prog)
         details.update({"rule": report.rule, "step": report.step, "reached_target": report.reached_target,
                         "params_selected": mp.count, "trials": len(report.trials)})
+    elif spec.kind == "scrub":
+        target = forget_target(ws, forget, evaluate().retain_acc, config.tolerance, seed)
+        details["forget_target"] = target.to_json()
+        report = scrub(task, ctx.forget_enc, ctx.retain_enc, evaluate, target, lr=lr, batch_size=config.batch_size,
+                       seed=seed, max_epochs=config.scrub_epochs, progress=prog)
+        details.update({"rule": "scrub", "epochs": report.step, "reached_target": report.reached_target,
+                        "trials": len(report.trials), "temperature": SCRUB_T})
     elif spec.kind == "ssd":
         rep = ssd_dampen(task, ctx.forget_enc, ctx.retain_enc, config.ssd_alpha, config.ssd_lambda, config.batch_size)
         details.update(rep.to_json())

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from mape.errors import MapeError
+from mape.executors import add_executor_args
 
 
 class TqdmProgress:
@@ -51,6 +52,9 @@ def _data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default=None, help="data folder (local presets) or dataset id/folder with --model")
     p.add_argument("--model", default=None, help="any model id or folder (custom preset, needs --data)")
     p.add_argument("--train-limit", type=int, default=None, help="train on a seeded subset of N examples")
+    p.add_argument("--scenario", default=None,
+                   help="alter the training data before the original is trained: backdoor:TRIGGER:TARGET:N "
+                        "(texts), backdoor:patch:TARGET:N (images) or mislabel:N")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -58,7 +62,7 @@ def _data_args(p: argparse.ArgumentParser) -> None:
 def _method_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--forget", required=True, action="append",
                    help="forget set (random:N, random:P%%, class:L, class:L:N, match:RE, indices:..., "
-                        "indices-file:PATH); repeat for successive requests")
+                        "indices-file:PATH, poisoned[:K|:P%%] with --scenario); repeat for successive requests")
     p.add_argument("--objective", default="mlr", help="mlr | mlf | norm | random")
     p.add_argument("--sparsity", type=float, default=0.9, help="fraction of units frozen, in (0, 1)")
     p.add_argument("--update", default="so", help="so | ga | gd | rl | npo")
@@ -92,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sparsity", type=float, default=0.9, help="MAPE sparsity")
     p.add_argument("--retain-sample", type=int, default=None, help="retain examples (default 2048 GPU / 512 CPU)")
     p.add_argument("--out", required=True, help="results JSON path (the markdown table goes next to it, .md)")
+    add_executor_args(p)  # --executor local|ray, --address, --cpus-per-task, --max-retries
     p = sub.add_parser("merge", help="one comparison over the seeds of several compare runs (JSON + markdown)")
     p.add_argument("inputs", nargs="+", help="compare JSON files of the same comparison with different seeds")
     p.add_argument("--out", required=True, help="merged JSON path (the markdown table goes next to it, .md)")
@@ -121,17 +126,33 @@ def cmd_presets(args) -> int:
 def _prepare(args):
     from mape.pipeline import prepare
 
+    from mape.scenarios import check_forget_specs
+
+    check_forget_specs(_forget_specs(args), args.scenario)  # before any slow work
     progress = TqdmProgress(not args.quiet)
     try:
-        return prepare(args.preset, args.data, args.train_limit, args.device, args.model, progress)
+        return prepare(args.preset, args.data, args.train_limit, args.device, args.model, progress,
+                       scenario=args.scenario)
     finally:
         progress.close()
+
+
+def _forget_specs(args) -> list[str]:
+    """The forget specs a command was given (unlearn: --forget, repeatable; compare: --forget or --requests)."""
+    forget = getattr(args, "forget", None)
+    specs = list(forget) if isinstance(forget, list) else [forget] if forget else []
+    requests = getattr(args, "requests", None)
+    return specs + ([r for r in requests.split(";")] if requests else [])
 
 
 def cmd_prepare(args) -> int:
     ws = _prepare(args)
     print(f"{ws.preset.name}: original model ready ({len(ws.dataset.train)} train / {len(ws.dataset.test)} test, "
           f"{ws.total_params:,} parameters, cache key {ws.key}, device {ws.device})")
+    if ws.scenario is not None:
+        sc = ws.scenario
+        print(f"scenario {sc.spec}: {sc.size} training examples altered"
+              + (f" (trigger {sc.trigger!r}, relabelled {sc.target_name})" if sc.is_backdoor else " (wrong labels)"))
     return 0
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,10 +32,12 @@ from mape.baselines import (BaselineConfig, MethodSpec, config_json, parse_metho
 from mape.errors import MapeError
 from mape.pipeline import json_safe
 from mape.forget import ForgetSet, select_forget
-from mape.metrics import GAP_METRICS, gap_to_retrain
+from mape.metrics import GAP_METRICS, gap_to_retrain, loss_distance
 
 Progress = Callable[..., None]
-SUMMARY_KEYS = GAP_METRICS + ("test_forget_class_acc", "gap_to_retrain", "time_s", "params_changed")
+SUMMARY_KEYS = GAP_METRICS + ("test_forget_class_acc", "gap_to_retrain", "time_s", "params_changed",
+                              "loss_distance", "mia_spread")
+SUMMARY_KEYS += ("asr", "forget_acc_true")  # scenarios (issue 15): backdoor success rate, accuracy vs true labels
 REFERENCE = "retrain"
 ORIGINAL = "original"
 
@@ -75,7 +78,7 @@ def _summarise(per_seed: list[dict], names: list[str]) -> dict:
     """{name: {key: {mean, std, values}}} from [{name: row}] (one dict per seed)."""
     out = {}
     for name in names:
-        rows = [run[name] for run in per_seed if name in run]
+        rows = [run[name] for run in per_seed if name in run and not run[name].get("failed")]
         entry = {}
         for key in SUMMARY_KEYS:
             vals = [r["metrics"].get(key) if key in r["metrics"] else r.get(key) for r in rows]
@@ -107,6 +110,8 @@ class CompareResult:
     successive: list[dict] = field(default_factory=list)   # per request when several requests
     machine: dict = field(default_factory=machine_info)
     wall_s: float = 0.0
+    scenario: str | None = None        # the training data's scenario (mape.scenarios); None: clean
+    executor: dict = field(default_factory=lambda: {"name": "local"})  # where the rows ran (mape.executors)
 
     # ------------------------------------------------------------------ views
     def names(self) -> list[str]:
@@ -130,16 +135,20 @@ class CompareResult:
                 "methods": self.methods, "reference": REFERENCE, "device": self.device,
                 "total_params": self.total_params, "machine": self.machine, "config": self.config,
                 "metrics": list(GAP_METRICS), "results": self.results, "runs": self.runs,
-                "successive": self.successive, "wall_s": round(self.wall_s, 3)})
+                "successive": self.successive, "wall_s": round(self.wall_s, 3), "scenario": self.scenario,
+                "executor": self.executor})
 
     def markdown(self, title: str | None = None) -> str:
         seeds = ", ".join(str(s) for s in self.seeds)
         size = self.runs[0]["forget"]["size"] if self.runs else "?"
-        head = title or f"{self.preset} · forget `{self.forget}` ({size} examples) · seeds {seeds}"
+        scenario = f" · scenario `{self.scenario}`" if self.scenario else ""
+        head = title or f"{self.preset}{scenario} · forget `{self.forget}` ({size} examples) · seeds {seeds}"
         lines = [f"**{head}**", "",
                  f"Device: {self.device}; machine: {self.machine.get('cpu')} ({self.machine.get('cores')} cores), "
                  f"torch {self.machine.get('torch')}. Values in % (mean ± std over {len(self.seeds)} seed(s)); "
-                 "gap = mean |Δ| to retrain over FA, RA, TA, MIA, in points; best method in bold.", ""]
+                 "gap = mean |Δ| to retrain over FA, RA, TA, MIA, in points; loss dist. = Kolmogorov–Smirnov "
+                 "distance (×100) between the forget set's per-example losses under the method and under retrain "
+                 "(0 = the same distribution); best method in bold.", ""]
         lines += self._table(self.results)
         if self.successive:
             for step in self.successive:
@@ -156,12 +165,19 @@ class CompareResult:
                       "|---|" + "---:|" * (steps + 1)]
             for n, curve in relearn:
                 lines.append(f"| {n} | " + " | ".join(f"{100 * v:.1f}" for v in curve) + " |")
+        from mape.executors import failure_lines
+
+        lines += ["", "Failed rows (left out of the means): " + "; ".join(failure_lines(self)) + "."] \
+            if failure_lines(self) else []
         return "\n".join(lines) + "\n"
 
     def _table(self, results: dict, relearn: bool = True) -> list[str]:
         class_col = any("test_forget_class_acc" in results.get(n, {}) for n in self.names())
         cols = ["Method", "Forget acc", "Retain acc", "Test acc"] + (["Test acc (forgotten class)"] if class_col else [])
-        cols += ["MIA", "Gap to retrain (pts)", "Time (s)", "Params changed"]
+        extra = [(k, name) for k, name in (("asr", "ASR"), ("forget_acc_true", "Forget acc (true labels)"))
+                 if any(k in results.get(n, {}) for n in self.names())]  # scenarios (issue 15)
+        cols += [name for _, name in extra]
+        cols += ["MIA", "Loss dist.", "Gap to retrain (pts)", "Time (s)", "Params changed"]
         out = ["| " + " | ".join(cols) + " |", "|---|" + "---:|" * (len(cols) - 1)]
         best = self.best_method(results)
 
@@ -184,7 +200,8 @@ class CompareResult:
             cells = [label, pct(e, "forget_acc"), pct(e, "retain_acc"), pct(e, "test_acc")]
             if class_col:
                 cells.append(pct(e, "test_forget_class_acc"))
-            cells += [pct(e, "mia"), gap, "–" if t is None or n == ORIGINAL else f"{t:.2f}",
+            cells += [pct(e, k) for k, _ in extra]
+            cells += [pct(e, "mia"), pct(e, "loss_distance"), gap, "–" if t is None or n == ORIGINAL else f"{t:.2f}",
                       "–" if pc is None or n == ORIGINAL else
                       f"{pc:,.0f} ({100 * pc / max(self.total_params, 1):.2f}%)"]
             out.append("| " + " | ".join(cells) + " |")
@@ -200,7 +217,8 @@ class CompareResult:
                        device=data["device"], total_params=int(data["total_params"]), config=dict(data["config"]),
                        runs=list(data["runs"]), results=dict(data["results"]),
                        successive=list(data.get("successive") or []), machine=dict(data.get("machine") or {}),
-                       wall_s=float(data.get("wall_s") or 0.0))
+                       wall_s=float(data.get("wall_s") or 0.0), scenario=data.get("scenario"),
+                       executor=dict(data.get("executor") or {"name": "local"}))
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise MapeError(f"Not a saved comparison (python -m mape compare --out FILE.json): {exc!r}.") from None
 
@@ -271,7 +289,7 @@ def open_saved(paths) -> CompareResult:
     return parts[0] if len(parts) == 1 else merge_seeds(parts)
 
 
-MERGE_MUST_MATCH = ("preset", "forget", "requests", "methods", "device", "total_params", "config")
+MERGE_MUST_MATCH = ("preset", "scenario", "forget", "requests", "methods", "device", "total_params", "config")
 MACHINE_MUST_MATCH = ("cpu", "cores", "torch", "gpu")
 
 
@@ -312,7 +330,7 @@ def merge_seeds(parts: list[CompareResult]) -> CompareResult:
                          methods=list(first.methods), device=first.device, total_params=first.total_params,
                          config=dict(first.config), runs=runs,
                          results=_summarise([run["methods"] for run in runs], names),
-                         machine=dict(first.machine), wall_s=sum(p.wall_s for p in parts))
+                         machine=dict(first.machine), wall_s=sum(p.wall_s for p in parts), scenario=first.scenario)
 
 
 def _union_set(specs: list[str], sets: list[ForgetSet]) -> ForgetSet:
@@ -325,6 +343,12 @@ def _union_set(specs: list[str], sets: list[ForgetSet]) -> ForgetSet:
 
 
 def _row(metrics: dict, retrain_metrics: dict, time_s, params_changed, details=None, relearn=None) -> dict:
+    """One table row. ``loss_distance`` is computed here from the per-example forget losses both metric
+    dicts carry in memory (``_forget_losses``), which the row itself does not keep."""
+    mine, ref = metrics.get("_forget_losses"), retrain_metrics.get("_forget_losses")
+    metrics = {k: v for k, v in metrics.items() if not k.startswith("_")}
+    if mine is not None and ref is not None:
+        metrics["loss_distance"] = loss_distance(mine, ref)
     row = {"metrics": metrics, "gap_to_retrain": gap_to_retrain(metrics, retrain_metrics),
            "time_s": None if time_s is None else round(float(time_s), 4),
            "params_changed": None if params_changed is None else int(params_changed)}
@@ -335,16 +359,107 @@ def _row(metrics: dict, retrain_metrics: dict, time_s, params_changed, details=N
     return row
 
 
+@dataclass
+class SeedPlan:
+    """What the rows of one seed work on: its forget set per request and their running unions."""
+    seed: int
+    sets: list[ForgetSet]
+    unions: list[ForgetSet]
+
+
+class Ticks:
+    """Progress over ``n`` units of work (a retrain or a method run on one request): ``ticks(stage, f)``
+    reports fraction ``f`` of the current unit, :meth:`advance` ends it. Without ``progress``, silent."""
+
+    def __init__(self, progress: Progress | None = None, n: int = 1):
+        self.progress, self.n, self.done = progress, max(n, 1), 0
+
+    def __call__(self, stage: str, frac: float = 0.0, *_):
+        if self.progress:
+            self.progress(stage, min(1.0, (self.done + min(max(frac, 0.0), 1.0)) / self.n))
+
+    def advance(self) -> None:
+        self.done += 1
+
+
+def _relearn(ws, plan: SeedPlan, relearn_steps: int):
+    """The relearn curve of a model on the seed's final forget set (None when switched off)."""
+    if not relearn_steps:
+        return lambda task: None
+    last_enc = ws.train_enc.take(plan.unions[-1].indices)
+    return lambda task: relearn_curve(task, last_enc, relearn_steps, ws.preset.recipe)
+
+
+def reference_rows(ws, plan: SeedPlan, config: BaselineConfig, relearn_steps: int,
+                   ticks: Ticks | None = None) -> tuple[list[dict], list[dict], list[dict]]:
+    """The retrain reference of one seed: the model retrained without each request's union (trained
+    once, then from the cache) and the original model, measured. Returns (the reference metrics per
+    request, the original's rows, the reference's rows); the metrics dicts go to :func:`_row` as they are."""
+    from mape.pipeline import _model_metrics, evaluate_model
+
+    ticks = ticks or Ticks()
+    seed = plan.seed
+    ref, orig, ref_models = [], [], []
+    for u in plan.unions:
+        retain_eval_idx = ws.retain_eval_indices(u.indices)
+        ticks(f"seed {seed}: retrain")
+        run = run_method(ws, MethodSpec(REFERENCE, REFERENCE), u, seed, config,
+                         progress=lambda s, f: ticks(f"seed {seed}: {s}", f))
+        ticks.advance()
+        ref_models.append(run)
+        ref.append(evaluate_model(ws, run.task, u, retain_eval_idx, seed))
+        orig.append(_model_metrics(ws, u, ws.original_train_probs(u.indices),
+                                   ws.original_train_probs(retain_eval_idx), retain_eval_idx,
+                                   ws.original_test_probs(), seed))
+    curve = _relearn(ws, plan, relearn_steps)
+    orig_rows, ref_rows = [], []
+    for i in range(len(plan.unions)):
+        final = i == len(plan.unions) - 1
+        orig_rows.append(_row(orig[i], ref[i], None, 0, relearn=curve(ws.task) if final else None))
+        rr = ref_models[i]
+        ref_rows.append(_row(ref[i], ref[i], rr.time_s, rr.params_changed, rr.details,
+                             relearn=curve(rr.task) if final else None))
+    return ref, orig_rows, ref_rows
+
+
+def method_rows(ws, spec: MethodSpec, plan: SeedPlan, ref: list[dict], config: BaselineConfig, relearn_steps: int,
+                ticks: Ticks | None = None) -> list[dict]:
+    """The rows of one (seed, method), one per request: the method applied to each request in turn (to
+    its own previous result), measured on the union so far against ``ref[i]`` (:func:`reference_rows`)."""
+    from mape.pipeline import evaluate_model
+
+    ticks = ticks or Ticks()
+    seed, n = plan.seed, len(plan.sets)
+    curve = _relearn(ws, plan, relearn_steps)
+    rows = []
+    model, forgotten, total_t = None, None, 0.0
+    for i, (fs, u) in enumerate(zip(plan.sets, plan.unions)):
+        ticks(f"seed {seed}: {spec.name}")
+        run = run_method(ws, spec, fs, seed, config, base=model, already_forgotten=forgotten,
+                         progress=lambda s, f: ticks(f"seed {seed}: {s}", f))
+        ticks.advance()
+        total_t += run.time_s
+        forgotten = u.indices
+        model = run.task
+        metrics = run.metrics if (run.metrics is not None and i == 0) else \
+            evaluate_model(ws, run.task, u, ws.retain_eval_indices(u.indices), seed)
+        final = i == n - 1
+        rows.append(_row(metrics, ref[i], run.time_s if not final else total_t, run.params_changed, run.details,
+                         relearn=curve(run.task) if final else None))
+    return rows
+
+
 def compare(ws, forget_spec: str | None, methods, seeds=(0,), progress: Progress | None = None,
             config: BaselineConfig | None = None, requests: list[str] | None = None,
-            relearn_steps: int = 5) -> CompareResult:
+            relearn_steps: int = 5, executor=None) -> CompareResult:
     """Run ``methods`` (names or :class:`MethodSpec`) for every seed and summarise them against retrain.
+
+    ``executor``: ``"local"`` (default: every row in this process), ``"ray"`` (a local Ray instance, or
+    the cluster of ``RAY_ADDRESS``) or an executor object (:mod:`mape.executors`).
 
     ``requests``: several forget specs applied in a row (successive requests); ``forget_spec`` is then
     ignored. ``relearn_steps`` > 0 adds the relearn curve (on the final forget set) for every row.
     """
-    from mape.pipeline import _model_metrics, evaluate_model
-
     config = config or BaselineConfig()
     config.validate()
     if not isinstance(methods, str):
@@ -361,63 +476,27 @@ def compare(ws, forget_spec: str | None, methods, seeds=(0,), progress: Progress
         raise MapeError("The number of relearn steps cannot be negative.")
     # resolve every forget set first: bad specs fail before any slow work
     forget_sets = {s: [select_forget(r, ws.dataset, s) for r in reqs] for s in seeds}
-    recipe = ws.preset.recipe
+    plans = [SeedPlan(s, forget_sets[s], [_union_set(reqs[:i + 1], forget_sets[s][:i + 1]) for i in range(len(reqs))])
+             for s in seeds]
+    from mape.executors import open_executor
+
     t_start = time.perf_counter()
-    n_jobs = len(seeds) * len(reqs) * (len(specs) + 1)
-    done = [0]
-
-    def tick(stage: str, frac: float = 0.0, *_):
-        if progress:
-            progress(stage, min(1.0, (done[0] + min(max(frac, 0.0), 1.0)) / n_jobs))
-
-    _warm_up(ws)
+    runner, owned = open_executor(executor)
+    try:
+        sweep = runner.run(ws, plans, specs, config, relearn_steps, progress)
+    finally:
+        if owned:
+            runner.close()
     per_request: list[list[dict]] = [[] for _ in reqs]   # [request][seed] -> {name: row}
     runs = []
-    for seed in seeds:
-        sets = forget_sets[seed]
-        unions = [_union_set(reqs[:i + 1], sets[:i + 1]) for i in range(len(reqs))]
-        ref, orig, ref_models = [], [], []
-        for i, u in enumerate(unions):
-            retain_eval_idx = ws.retain_eval_indices(u.indices)
-            tick(f"seed {seed}: retrain")
-            run = run_method(ws, MethodSpec(REFERENCE, REFERENCE), u, seed, config,
-                             progress=lambda s, f: tick(f"seed {seed}: {s}", f))
-            done[0] += 1
-            ref_models.append(run)
-            ref.append(evaluate_model(ws, run.task, u, retain_eval_idx, seed))
-            orig.append(_model_metrics(ws, u, ws.original_train_probs(u.indices),
-                                       ws.original_train_probs(retain_eval_idx), retain_eval_idx,
-                                       ws.original_test_probs(), seed))
-        last = unions[-1]
-        last_enc = ws.train_enc.take(last.indices) if relearn_steps else None
-        curve = (lambda task: relearn_curve(task, last_enc, relearn_steps, recipe)) if relearn_steps else (lambda task: None)
-        rows_by_req: list[dict] = [{} for _ in reqs]
-        for i in range(len(reqs)):
-            final = i == len(reqs) - 1
-            rows_by_req[i][ORIGINAL] = _row(orig[i], ref[i], None, 0, relearn=curve(ws.task) if final else None)
-            rr = ref_models[i]
-            rows_by_req[i][REFERENCE] = _row(ref[i], ref[i], rr.time_s, rr.params_changed, rr.details,
-                                             relearn=curve(rr.task) if final else None)
-        for spec in specs:
-            model, forgotten, total_t = None, None, 0.0
-            for i, (fs, u) in enumerate(zip(sets, unions)):
-                tick(f"seed {seed}: {spec.name}")
-                run = run_method(ws, spec, fs, seed, config, base=model, already_forgotten=forgotten,
-                                 progress=lambda s, f: tick(f"seed {seed}: {s}", f))
-                done[0] += 1
-                total_t += run.time_s
-                forgotten = u.indices
-                model = run.task
-                metrics = run.metrics if (run.metrics is not None and i == 0) else \
-                    evaluate_model(ws, run.task, u, ws.retain_eval_indices(u.indices), seed)
-                final = i == len(reqs) - 1
-                rows_by_req[i][spec.name] = _row(metrics, ref[i], run.time_s if not final else total_t,
-                                                 run.params_changed, run.details,
-                                                 relearn=curve(run.task) if final else None)
+    for plan in plans:
+        rows_by_req = [{name: sweep.row(plan.seed, name, i) for name in [ORIGINAL, REFERENCE, *names]}
+                       for i in range(len(reqs))]
         for i in range(len(reqs)):
             per_request[i].append(rows_by_req[i])
-        runs.append({"seed": seed, "forget": {**{k: v for k, v in last.to_json().items() if k != "indices"},
-                                              "indices_sha256": _digest(last.indices)},
+        last = plan.unions[-1]
+        runs.append({"seed": plan.seed, "forget": {**{k: v for k, v in last.to_json().items() if k != "indices"},
+                                                   "indices_sha256": _digest(last.indices)},
                      "methods": rows_by_req[-1]})
     all_names = [ORIGINAL] + names + [REFERENCE]
     results = _summarise(per_request[-1], all_names)
@@ -434,7 +513,9 @@ def compare(ws, forget_spec: str | None, methods, seeds=(0,), progress: Progress
     return CompareResult(preset=ws.preset.name, forget=";".join(reqs), requests=reqs, seeds=seeds, methods=names,
                          device=device_name(ws.device), total_params=int(ws.total_params),
                          config={**config_json(config), "relearn_steps": relearn_steps},
-                         runs=runs, results=results, successive=successive, wall_s=time.perf_counter() - t_start)
+                         runs=runs, results=results, successive=successive, wall_s=time.perf_counter() - t_start,
+                         executor=sweep.info,
+                         scenario=ws.scenario.spec if getattr(ws, "scenario", None) is not None else None)
 
 
 def _warm_up(ws) -> None:
@@ -475,14 +556,15 @@ def parse_seeds(text: str) -> list[int]:
 
 def summary_lines(res: CompareResult) -> list[str]:
     best = res.best_method()
-    lines = [f"{res.preset} · {res.forget} · seeds {', '.join(map(str, res.seeds))} · {res.device}"]
+    lines = [f"{res.preset}{' · ' + res.scenario if res.scenario else ''} · {res.forget} · seeds {', '.join(map(str, res.seeds))} · {res.device}"]
     for n in res.names():
         e = res.results.get(n)
-        if not e:
+        if not e or e.get("gap_to_retrain", {}).get("mean") is None:  # no row (every seed failed)
             continue
         g = e.get("gap_to_retrain", {}).get("mean")
         t = e.get("time_s", {}).get("mean")
-        vals = "  ".join(f"{k.replace('_acc', '')} {100 * e[k]['mean']:5.1f}" for k in GAP_METRICS
+        vals = "  ".join(f"{k.replace('_acc', '')} {100 * e[k]['mean']:5.1f}"
+                         for k in GAP_METRICS + ("asr", "forget_acc_true", "loss_distance")
                          if e.get(k, {}).get("mean") is not None)
         lines.append(f"  {n + (' *' if n == best else ''):16s} {vals}  gap {100 * g:5.2f} pts"
                      + (f"  {t:8.2f}s" if t is not None and n != ORIGINAL else ""))
@@ -507,15 +589,22 @@ def cmd_compare(args, prepare_fn, progress_cls) -> int:
         raise MapeError("--relearn cannot be negative.")
     config = BaselineConfig(sparsity=args.sparsity, retain_sample=args.retain_sample)
     config.validate()
+    from mape.executors import executor_from_args, failure_lines
+
+    executor = executor_from_args(args, quiet=args.quiet)  # without Ray: exit 2 before any slow work
     ws = prepare_fn(args)
     progress = progress_cls(not args.quiet)
     try:
         res = compare(ws, args.forget, specs, seeds, progress, config=config, requests=requests,
-                      relearn_steps=args.relearn)
+                      relearn_steps=args.relearn, executor=executor)
     finally:
         progress.close()
+        executor.close()
     json_path, md_path = res.save(args.out)
     for line in summary_lines(res):
         print(line)
     print(f"wrote {json_path} and {md_path}")
-    return 0
+    failed = failure_lines(res)
+    for line in failed:
+        print(f"failed: {line}", file=sys.stderr)
+    return 1 if failed else 0

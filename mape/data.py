@@ -57,6 +57,8 @@ class Dataset:
     # training-distribution examples left out by a training limit: never trained on by the original
     # or any retrained model, so the best estimate of a retrained model's accuracy on D_f
     unseen: Split | None = None
+    # what happened to the training split (mape.scenarios.Scenario: backdoor / mislabel); None: clean
+    scenario: object | None = None
 
     def class_index(self, label: str | int) -> int:
         """Label id from a class name (case-insensitive) or number."""

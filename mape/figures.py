@@ -35,6 +35,7 @@ METRIC_LABELS = {
     "retain_acc": "Retain accuracy (RA)",
     "test_acc": "Test accuracy (TA)",
     "mia": "MIA efficacy",
+    "loss_distance": "Loss distance to retrain (KS)",
 }
 _PAD_TOKENS = frozenset({"[PAD]", "<pad>", "<PAD>"})
 _MAX_LISTED = 12
@@ -446,4 +447,47 @@ def empty_figure(message: str, height: int = 260) -> go.Figure:
         plot_bgcolor="white",
         margin=dict(l=20, r=20, t=30, b=20),
     )
+    return fig
+
+
+LOSS_CURVES = (  # name, label, colour, dash
+    ("unseen", "unseen examples (what a retrained model shows)", "#9ca3af", None),
+    ("original", "forget set · original", "#4c78a8", None),
+    ("unlearned", "forget set · unlearned", "#e4572e", None),
+    ("retrain", "forget set · retrained", "#111827", "dash"),
+)
+
+
+def loss_distribution_figure(hist: Mapping) -> go.Figure:
+    """The forget examples' per-example loss distribution under the original, the unlearned and (when
+    there is one) the retrained model, over the distribution on unseen examples (shaded): a forget set
+    that now "looks unseen" lies on the grey area. ``hist`` is :func:`mape.pipeline.loss_histograms`'s
+    output (shares per log10-loss bin)."""
+    edges = np.asarray(hist.get("log10_edges") or [], dtype=float)
+    if len(edges) < 2 or not any(name in hist for name, *_ in LOSS_CURVES):
+        return empty_figure("No loss distribution yet: run unlearning first.")
+    centres = (edges[:-1] + edges[1:]) / 2
+    ticks = [e for e in range(int(np.ceil(edges[0])), int(np.floor(edges[-1])) + 1)]
+    medians = hist.get("median") or {}
+    fig = go.Figure()
+    for name, label, colour, dash in LOSS_CURVES:
+        if name not in hist:
+            continue
+        share = 100.0 * np.asarray(hist[name], dtype=float)
+        med = medians.get(name)
+        full = label + (f" (median loss {med:.2g})" if med is not None else "")
+        fig.add_trace(go.Scatter(
+            x=centres, y=share, name=full, mode="lines", line=dict(color=colour, width=3 if name == "unlearned" else 2,
+                                                                    dash=dash, shape="spline"),
+            fill="tozeroy" if name == "unseen" else None,
+            fillcolor="rgba(156,163,175,0.35)" if name == "unseen" else None,
+            hovertemplate=f"{label}<br>loss ≈ 10^%{{x:.2f}}: %{{y:.1f}}% of examples<extra></extra>"))
+    fig.update_layout(
+        title=_title("Per-example loss on the forget set: does it look unseen now?"),
+        height=360, plot_bgcolor="white", legend=dict(orientation="h", y=-0.25),
+        margin=dict(l=60, r=20, t=50, b=100),
+        xaxis=dict(title="loss (log scale; left = confident, as on training data)", tickvals=ticks,
+                   ticktext=[f"1e{t}" for t in ticks]),
+        yaxis=dict(title="% of examples", rangemode="tozero"))
+    fig.update_yaxes(gridcolor="#eeeeee")
     return fig

@@ -1,8 +1,9 @@
 """Forget-set selectors: which training examples a request asks the model to forget.
 
 Specs: ``random:N``, ``random:P%``, ``class:LABEL``, ``class:LABEL:N``, ``match:REGEX``,
-``indices:i,j,k`` (ranges ``i-j`` allowed) and ``indices-file:PATH``. Same spec and seed give the
-same indices.
+``indices:i,j,k`` (ranges ``i-j`` allowed), ``indices-file:PATH`` and, on a scenario (mape.scenarios),
+``poisoned`` / ``poisoned:K`` / ``poisoned:P%`` (the altered training examples, or a seeded part of them).
+Same spec and seed give the same indices.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from mape.data import Dataset
 from mape.errors import MapeError
 
 MAX_FORGET_FRACTION = 0.6
-KINDS = "random:N, random:P%, class:LABEL, class:LABEL:N, match:REGEX, indices:i,j,k, indices-file:PATH"
+KINDS = ("random:N, random:P%, class:LABEL, class:LABEL:N, match:REGEX, indices:i,j,k, indices-file:PATH, "
+         "poisoned, poisoned:K, poisoned:P% (on a scenario)")
 _NUM_RE = re.compile(r"^[0-9]+$")
 _RANGE_RE = re.compile(r"^([0-9]+)-([0-9]+)$")
 
@@ -41,6 +43,8 @@ class ForgetSet:
     indices: np.ndarray
     forget_class: int | None
     class_name: str | None = None
+    scenario: str | None = None   # the dataset's scenario spec (None: clean training data)
+    altered: int | None = None    # how many of the examples the scenario altered
 
     @property
     def size(self) -> int:
@@ -48,8 +52,11 @@ class ForgetSet:
 
     def to_json(self) -> dict:
         name = self.class_name if self.class_name is not None else self.forget_class
-        return {"spec": self.spec, "size": self.size, "indices": [int(i) for i in self.indices],
-                "forget_class": None if self.forget_class is None else name}
+        out = {"spec": self.spec, "size": self.size, "indices": [int(i) for i in self.indices],
+               "forget_class": None if self.forget_class is None else name}
+        if self.scenario is not None:
+            out.update(scenario=self.scenario, altered=self.altered)
+        return out
 
 
 def _count(text: str, spec: str) -> int:
@@ -125,9 +132,9 @@ def select_forget(spec: str, dataset: Dataset, seed: int = 0,
     y = np.asarray(dataset.train.y)
     rng = np.random.default_rng(seed)
     forget_class = class_name = None
-    if kind not in ("random", "class", "match", "indices", "indices-file"):
+    if kind not in ("random", "class", "match", "indices", "indices-file", "poisoned"):
         raise MapeError(f"Unknown forget selector {_show(kind, 40)}; valid kinds are {KINDS}.")
-    if not sep or (kind != "match" and not arg.strip()):
+    if kind != "poisoned" and (not sep or (kind != "match" and not arg.strip())):
         raise MapeError(f"Forget spec {shown} needs a value after '{kind}:'; valid kinds are {KINDS}.")
     if n_train == 0:
         raise MapeError(f"Dataset '{dataset.name}' has no training examples to forget.")
@@ -170,6 +177,10 @@ def select_forget(spec: str, dataset: Dataset, seed: int = 0,
         idx = np.array([i for i, t in enumerate(dataset.train.x) if pattern.search(t)], dtype=np.int64)
         if len(idx) == 0:
             raise MapeError(f"The pattern {_show(arg)} matches no training text; try a broader pattern.")
+    elif kind == "poisoned":
+        from mape.scenarios import select_poisoned
+
+        idx = select_poisoned(arg, dataset, rng, spec)
     elif kind == "indices":
         idx = _parse_indices(arg, n_train, shown)
     else:
@@ -188,7 +199,11 @@ def select_forget(spec: str, dataset: Dataset, seed: int = 0,
             f"Forget set {shown} is {len(idx)} of {n_train} training examples "
             f"({100 * len(idx) / n_train:.1f}%); the limit is {100 * max_fraction:g}%."
         )
-    return ForgetSet(spec, idx, forget_class, class_name)
+    scenario = getattr(dataset, "scenario", None)
+    if scenario is None:
+        return ForgetSet(spec, idx, forget_class, class_name)
+    return ForgetSet(spec, idx, forget_class, class_name, scenario=scenario.spec,
+                     altered=int(scenario.altered_mask(idx).sum()))
 
 
 def retain_indices(forget: ForgetSet, n_train: int) -> np.ndarray:

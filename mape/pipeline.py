@@ -21,13 +21,13 @@ import torch
 from mape import cache
 from mape.errors import MapeError
 from mape.forget import ForgetSet, select_forget
-from mape.metrics import accuracy, gap_to_retrain, mia_efficacy
+from mape.metrics import accuracy, example_losses, gap_to_retrain, loss_distance, mia_scores
 from mape.models import Encoded, TaskModel, parameter_count
 from mape.presets import Preset, build_start_model, custom_preset, get_preset, load_dataset_for
 from mape.scoring import OBJECTIVES, param_stats, sample_retain
 from mape.search import Selection, search
 from mape.train import train
-from mape.update import (UPDATES, MaskedParams, Target, UpdateReport, iterative_update, so_direction,
+from mape.update import (UPDATES, MaskedParams, Target, UpdateReport, check, iterative_update, so_direction,
                          so_update)
 
 Progress = Callable[..., None]   # progress(stage: str, fraction: float, selection: Selection | None = None)
@@ -35,6 +35,8 @@ Progress = Callable[..., None]   # progress(stage: str, fraction: float, selecti
 RETAIN_EVAL_SIZE = 1000   # the fixed retain sample for retain accuracy / MIA
 UNSEEN_EVAL_SIZE = 1000   # unused training examples (training limit) for the forget target
 CHECK_SIZE = 128          # forget / retain check samples for the auto step size
+REFERENCE_SIZE = 1024     # unseen-example losses in the forget set's class mix (the auto step's target)
+WHOLE_CLASS_SLACK = 0.005  # a whole class is forgotten when its check accuracy is 0 (< 1 of 128 wrong)
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -125,6 +127,7 @@ class Workspace:
                  train_limit: int | None):
         self.preset, self.dataset, self.task, self.device = preset, dataset, task, device
         self.key, self.train_limit = key, train_limit
+        self.scenario = getattr(dataset, "scenario", None)  # mape.scenarios.Scenario or None (clean data)
         self.train_enc: Encoded = task.encode(dataset.train)
         self.test_enc: Encoded = task.encode(dataset.test)
         self.train_y = np.asarray(dataset.train.y)
@@ -154,6 +157,16 @@ class Workspace:
             sample = unseen.take(idx)
             self._unseen = (self.task.predict_proba(self.task.encode(sample)), np.asarray(sample.y))
         return self._unseen
+
+    def unseen_reference(self) -> tuple[np.ndarray, np.ndarray, str]:
+        """(original-model probabilities, labels, description) of examples the original never trained on:
+        training examples a training limit left out when there are some (same distribution as D_f), else
+        the test set (which can differ from the training data: SST-2's short training phrases are easier
+        than its full test sentences)."""
+        unseen = self.original_unseen_probs()
+        if unseen is not None:
+            return unseen[0], unseen[1], f"{len(unseen[1])} unused training examples"
+        return self.original_test_probs(), self.test_y, f"the {len(self.test_y)} test examples"
 
     def original_test_probs(self) -> np.ndarray:
         if self._test_probs is None:
@@ -193,8 +206,16 @@ def _train_or_load(kind: str, key: str, build: Callable[[], TaskModel], data: En
 
 
 def prepare(preset_name: str = "minilm-bbc", data_dir: str | None = None, train_limit: int | None = None,
-            device: str = "auto", model: str | None = None, progress: Progress | None = None) -> Workspace:
-    """Load a preset's data and its original model, training and caching it on first use."""
+            device: str = "auto", model: str | None = None, progress: Progress | None = None,
+            scenario: str | None = None) -> Workspace:
+    """Load a preset's data and its original model, training and caching it on first use.
+
+    ``scenario`` (mape.scenarios: ``backdoor:TRIGGER:TARGET:N``, ``backdoor:patch:TARGET:N``,
+    ``mislabel:N``) alters the training split first; the original is trained on the altered set and
+    cached under its own key."""
+    from mape.scenarios import parse_scenario
+
+    parsed_scenario = parse_scenario(scenario) if scenario is not None else None
     dev = resolve_device(device)
     preset = custom_preset(model, data_dir) if model else get_preset(preset_name)
     ok, why = preset.availability(data_dir)
@@ -203,8 +224,17 @@ def prepare(preset_name: str = "minilm-bbc", data_dir: str | None = None, train_
     if train_limit is not None and train_limit < 2:
         raise MapeError("--train-limit must be at least 2.")
     dataset = load_dataset_for(preset, data_dir, train_limit)
+    if parsed_scenario is not None:
+        from mape.scenarios import scenario_dataset
+
+        if preset.finetuned:
+            raise MapeError(f"Preset '{preset.name}' uses a published fine-tuned model, which cannot be trained "
+                            f"on altered data; use an embedded or local preset with --scenario.")
+        dataset = scenario_dataset(parsed_scenario, dataset, text_window=preset.max_length // 2)
     classes = dataset.classes
     spec = _model_key(preset, dataset, train_limit)
+    if dataset.scenario is not None:
+        spec["scenario"] = dataset.scenario.cache_spec()
     key = cache.cache_key(spec)
     if preset.finetuned:
         task = build_start_model(preset, classes, finetuned=True).to(dev)
@@ -221,8 +251,8 @@ def prepare(preset_name: str = "minilm-bbc", data_dir: str | None = None, train_
 
 def json_safe(obj):
     """Plain JSON values: NumPy scalars to Python, NaN/inf to null (strict JSON)."""
-    if isinstance(obj, dict):
-        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, dict):  # keys starting with "_" are in-memory only (e.g. per-example losses)
+        return {k: json_safe(v) for k, v in obj.items() if not (isinstance(k, str) and k.startswith("_"))}
     if isinstance(obj, (list, tuple)):
         return [json_safe(v) for v in obj]
     if isinstance(obj, (float, np.floating)):
@@ -246,6 +276,7 @@ class RunResult:
     update: dict
     memory: dict = field(default_factory=dict)
     history: list = field(default_factory=list)
+    loss_distribution: dict = field(default_factory=dict)  # forget losses per model + unseen (loss_histograms)
     # not serialised: objects the app uses for predictions, attributions and downloads
     unlearned: TaskModel | None = field(default=None, repr=False)
     retrained: TaskModel | None = field(default=None, repr=False)
@@ -254,7 +285,7 @@ class RunResult:
 
     def to_json(self) -> dict:
         keys = ("preset", "forget", "config", "metrics", "gap_to_retrain", "selection", "timing", "params",
-                "device", "update", "memory", "history")
+                "device", "update", "memory", "history", "loss_distribution")
         out = {k: getattr(self, k) for k in keys}
         if out["gap_to_retrain"] is None:
             del out["gap_to_retrain"]
@@ -262,7 +293,10 @@ class RunResult:
 
 
 def _model_metrics(ws: Workspace, forget: ForgetSet, probs_forget, probs_retain, retain_idx, probs_test,
-                   seed: int) -> dict:
+                   seed: int, probs_triggered: np.ndarray | None = None) -> dict:
+    """The metrics of one model from its probabilities. On a scenario also ``asr`` (backdoors) and
+    ``forget_acc_true``; ``probs_triggered`` (the model's probabilities on the triggered test examples,
+    mape.scenarios.triggered_probs) defaults to the original model's."""
     fy, ry, ty = ws.train_y[forget.indices], ws.train_y[retain_idx], ws.test_y
     out = {"forget_acc": accuracy(probs_forget, fy), "retain_acc": accuracy(probs_retain, ry)}
     if forget.forget_class is not None:
@@ -271,35 +305,101 @@ def _model_metrics(ws: Workspace, forget: ForgetSet, probs_forget, probs_retain,
         out["test_forget_class_acc"] = accuracy(probs_test[~other], ty[~other])
     else:
         out["test_acc"] = accuracy(probs_test, ty)
-    out["mia"] = mia_efficacy(probs_retain, ry, probs_test, ty, probs_forget, fy, seed=seed)
+    mia = mia_scores(probs_retain, ry, probs_test, ty, probs_forget, fy, seed=seed)
+    out["mia"] = float(mia.mean()) if len(mia) else float("nan")
+    out["mia_spread"] = float(mia.std()) if len(mia) else float("nan")
+    out["_forget_losses"] = example_losses(probs_forget, fy)  # in memory only: for loss_distance
+    if getattr(ws, "scenario", None) is not None:  # issue 15: asr, forget_acc_true
+        from mape.scenarios import scenario_metrics
+
+        out.update(scenario_metrics(ws, forget.indices, probs_forget, probs_triggered))
     return out
+
+
+def add_loss_distances(metrics: dict, reference: str = "retrain") -> None:
+    """``loss_distance`` of every model in ``metrics`` ({name: metrics}) against the reference's forget losses."""
+    ref = metrics[reference].get("_forget_losses")
+    for m in metrics.values():
+        if ref is not None and m.get("_forget_losses") is not None:
+            m["loss_distance"] = loss_distance(m["_forget_losses"], ref)
 
 
 def evaluate_model(ws: Workspace, task: TaskModel, forget: ForgetSet, retain_idx: np.ndarray, seed: int) -> dict:
     return _model_metrics(ws, forget, task.predict_proba(ws.train_enc.take(forget.indices)),
                           task.predict_proba(ws.train_enc.take(retain_idx)),
-                          retain_idx, task.predict_proba(ws.test_enc), seed)
+                          retain_idx, task.predict_proba(ws.test_enc), seed,
+                          probs_triggered=_triggered_probs(ws, task))
+
+
+def _triggered_probs(ws: Workspace, task: TaskModel) -> np.ndarray | None:
+    """``task``'s probabilities on the backdoor's triggered test examples (None without a backdoor)."""
+    if getattr(ws, "scenario", None) is None:
+        return None
+    from mape.scenarios import triggered_probs
+
+    return triggered_probs(ws, task)
 
 
 def forget_target_estimate(ws: Workspace, forget: ForgetSet) -> tuple[float, str]:
     """(forget accuracy a model that never saw D_f would score, where the estimate comes from).
     0 for a whole class. Otherwise the original's accuracy per class, weighted by the forget set's
-    class mix, on examples it never trained on: training examples a training limit left out when there
-    are some (same distribution as D_f), else the test set (which can differ from the training data:
-    SST-2's short training phrases are easier than its full test sentences)."""
+    class mix, on examples it never trained on (:meth:`Workspace.unseen_reference`)."""
     if forget.forget_class is not None:
         return 0.0, "whole class"
-    unseen = ws.original_unseen_probs()
-    if unseen is not None:
-        probs, ys = unseen
-        source = f"original's accuracy on {len(ys)} unused training examples"
-    else:
-        probs, ys = ws.original_test_probs(), ws.test_y
-        source = f"original's accuracy on the {len(ys)} test examples"
+    probs, ys, where = ws.unseen_reference()
     correct = probs.argmax(1) == ys
     fy = ws.train_y[forget.indices]
+    if getattr(ws, "scenario", None) is not None:  # issue 15: altered examples are judged by their true class
+        from mape.scenarios import forget_target as scenario_forget_target
+
+        return scenario_forget_target(ws.scenario, ws.train_y, forget.indices, probs.argmax(1), ys), \
+            f"original's accuracy on {where}"
     accs = [correct[ys == c].mean() if (ys == c).any() else correct.mean() for c in fy]
-    return float(np.mean(accs)), source
+    return float(np.mean(accs)), f"original's accuracy on {where}"
+
+
+def unseen_loss_reference(ws: Workspace, forget: ForgetSet, seed: int = 0, size: int = REFERENCE_SIZE) -> np.ndarray:
+    """Per-example losses a model that never saw D_f would have on it: the original's losses on unseen
+    examples (:meth:`Workspace.unseen_reference`), drawn per class in D_f's class mix (seeded)."""
+    probs, ys, _ = ws.unseen_reference()
+    if getattr(ws, "scenario", None) is not None:  # issue 15: losses vs the training label, true class's inputs
+        from mape.scenarios import loss_reference
+
+        return loss_reference(ws.scenario, ws.train_y, forget.indices, probs, ys, seed, size)
+    losses = example_losses(probs, ys)
+    fy = ws.train_y[forget.indices]
+    rng = np.random.default_rng(seed)
+    classes, counts = np.unique(fy, return_counts=True)
+    parts = []
+    for c, n in zip(classes, counts):
+        pool = losses[ys == c] if (ys == c).any() else losses
+        parts.append(rng.choice(pool, max(1, int(round(size * n / len(fy)))), replace=True))
+    return np.concatenate(parts)
+
+
+LOSS_BINS = np.linspace(-7.0, 2.0, 37)  # log10 of the per-example loss (1e-7 .. 100)
+
+
+def loss_histograms(losses: dict[str, np.ndarray]) -> dict:
+    """{"log10_edges": edges, name: share of examples per bin} for per-example losses (clipped into the
+    range): the forget set's loss distribution under each model next to that of unseen examples."""
+    out: dict = {"log10_edges": [round(float(e), 4) for e in LOSS_BINS]}
+    for name, values in losses.items():
+        v = np.log10(np.clip(np.asarray(values, dtype=np.float64), 10 ** LOSS_BINS[0], 10 ** LOSS_BINS[-1]))
+        counts, _ = np.histogram(v, LOSS_BINS)
+        out[name] = [round(float(c) / max(len(v), 1), 6) for c in counts]
+        out.setdefault("median", {})[name] = float(np.median(values)) if len(values) else None
+    return out
+
+
+def forget_target(ws: Workspace, forget: ForgetSet, retain_acc: float, tolerance: float, seed: int = 0) -> Target:
+    """What D_f should look like after unlearning (SPEC §2, ``mape.update`` docstring): for a whole class,
+    accuracy 0; otherwise the accuracy *and* the loss distribution of unseen examples of its classes."""
+    fa, source = forget_target_estimate(ws, forget)
+    if forget.forget_class is not None:
+        return Target(fa, retain_acc, tolerance, slack=WHOLE_CLASS_SLACK, source=source)
+    return Target(fa, retain_acc, tolerance, source=f"{source}; loss distribution of the same examples",
+                  reference_losses=unseen_loss_reference(ws, forget, seed))
 
 
 def retrain_cache_key(ws: Workspace, forgotten: np.ndarray) -> tuple[str, str]:
@@ -393,10 +493,9 @@ def unlearn(ws: Workspace, forget_spec: str | ForgetSet, config: UnlearnConfig |
                               ws.original_test_probs(), config.seed)
     task = (base or ws.task).clone()
     forget_enc, retain_enc = smp.forget_enc, smp.retain_enc
-    from mape.update import accuracy as acc_of
 
     def evaluate():
-        return acc_of(task, smp.check_f), acc_of(task, smp.check_r)
+        return check(task, smp.check_f, smp.check_r)
 
     _peak_memory_reset(ws.device)
     t0 = time.perf_counter()
@@ -408,12 +507,11 @@ def unlearn(ws: Workspace, forget_spec: str | ForgetSet, config: UnlearnConfig |
     from mape.adapters import unit_param_masks
 
     mp = MaskedParams(unit_param_masks(task.adapter, *masks_sel))
-    _, ra0 = evaluate()
-    target_fa, target_source = forget_target_estimate(ws, forget)
-    target = Target(target_fa, ra0, config.tolerance, source=target_source)
+    target = forget_target(ws, forget, evaluate().retain_acc, config.tolerance, config.seed)
     t1 = time.perf_counter()
     if config.update == "so":
-        report = _so_steps(task, mp, mg, forget_enc, retain_enc, config, evaluate, target, progress)
+        report = _so_steps(task, mp, mg, forget_enc, retain_enc, config, evaluate, target, progress,
+                           budget_s=FOLLOW_UP_BUDGET * t_search)
     else:
         report = iterative_update(task, config.update, mp, forget_enc, retain_enc, config.step, evaluate, target,
                                   lr=config.lr or ws.preset.recipe.lr, batch_size=config.batch_size,
@@ -434,45 +532,96 @@ def unlearn(ws: Workspace, forget_spec: str | ForgetSet, config: UnlearnConfig |
         timing["retrain_s"] = round(t_re, 3)
         timing["retrain_cached"] = cached
         gap = {name: gap_to_retrain(metrics[name], metrics["retrain"]) for name in ("original", "unlearned")}
+        add_loss_distances(metrics)
+    loss_hist = loss_histograms({**{k: m["_forget_losses"] for k, m in metrics.items()},
+                                 "unseen": target.reference_losses if target.reference_losses is not None
+                                 else unseen_loss_reference(ws, forget, config.seed)})
     return RunResult(
         preset=ws.preset.name, forget={**forget.to_json()}, config=asdict(config), metrics=metrics,
         gap_to_retrain=gap, selection=sel.to_json(), timing=timing,
         params={"changed": report.params_changed, "selected": mp.count, "total": ws.total_params,
                 "changed_share": report.params_changed / ws.total_params},
-        device=device_name(ws.device), update=report.to_json(), memory=memory,
+        device=device_name(ws.device), update=report.to_json(), memory=memory, loss_distribution=loss_hist,
         unlearned=task, retrained=retrained, selection_obj=sel, forget_set=forget)
 
 
+FOLLOW_UP_STALL = 0.9   # a follow-up step must cut the miss to the target by at least 10 % to go on
+FOLLOW_UP_BUDGET = 1.0  # follow-up steps may take at most this multiple of the search time
+
+
+def _still_to_forget(task, forget_enc: Encoded, target: Target, batch_size: int) -> tuple[np.ndarray, str]:
+    """(forget examples the next step works on, loss it ascends). Against a loss distribution: the
+    examples more confident than the unseen example of the same rank (1-D optimal transport matching),
+    on the log loss (so near-certain examples move too). For a whole class: those still classified
+    correctly, on the cross-entropy."""
+    probs = task.predict_proba(forget_enc, batch_size)
+    y = forget_enc.labels.numpy()
+    if target.reference_losses is None:
+        return np.flatnonzero(probs.argmax(1) == y), "ce"
+    losses = example_losses(probs, y)
+    ranks = np.argsort(np.argsort(losses, kind="stable"), kind="stable")
+    matched = np.quantile(target.reference_losses, (ranks + 0.5) / len(losses))
+    return np.flatnonzero(losses < matched), "logce"
+
+
+def _unit(grad: dict) -> dict:
+    norm = float(np.sqrt(sum(float((g.double() ** 2).sum()) for g in grad.values())))
+    return {p: g / max(norm, 1e-30) for p, g in grad.items()}
+
+
 def _so_steps(task, mp: MaskedParams, mg, forget_enc: Encoded, retain_enc: Encoded, config: UnlearnConfig,
-              evaluate, target: Target, progress: Progress | None) -> UpdateReport:
-    """The ``so`` update. With ``step='auto'``, when one step cannot reach the forget target within the
-    retain tolerance, up to ``config.so_steps - 1`` further steps follow from the chosen point. Each
-    further step recomputes its gradient there, on the forget examples the model *still classifies
-    correctly* (the ones left to forget; the others would dominate the loss gradient) minus the
-    retain sample's (repairing what the previous steps cost): d = M ⊙ (Î_r + λ)⁻¹ ⊙ (∇L_f,left − ∇L_r).
-    The retain Fisher Î_r is kept. The report lists every step's trials (``round`` = step number)."""
+              evaluate, target: Target, progress: Progress | None, budget_s: float = float("inf")) -> UpdateReport:
+    """The ``so`` update. With ``step='auto'``, when one step cannot reach the target within the retain
+    tolerance, up to ``config.so_steps - 1`` further steps follow from the chosen point, each recomputing
+    its gradient there on the examples :func:`_still_to_forget` names, minus the retain sample's
+    (repairing what the previous steps cost): d = M ⊙ (Î_r + λ)⁻¹ ⊙ (ĝ_f,left − ĝ_r), both gradients
+    scaled to unit norm when the forget one is on the log loss. The retain Fisher Î_r is kept.
+    Follow-ups stop early — and say why in ``stopped`` — when the next one would take the follow-ups past
+    ``budget_s`` (the search time: no run spends longer on follow-ups than on its search), or when a step
+    cuts the miss to the target by less than 10 % (the step is undone: the target is out of reach from
+    here). The report lists every step's trials (``round`` = step number)."""
     prog = (lambda s, f: progress(s, f)) if progress else None
     report = so_update(task, mp, so_direction(mp, mg.param_forget_grad, mg.param_retain_fisher, config.damping),
                        config.step, evaluate, target, progress=prog)
     steps, trials = [report.step], [{**t, "round": 1} for t in report.trials]
-    params = list(mp.masks)
+    params, stopped, last = list(mp.masks), None, report.final
+    t0, step_s = time.perf_counter(), 0.0
     while config.step == "auto" and not report.reached_target and len(steps) < config.so_steps:
-        left = np.flatnonzero(task.predict_proba(forget_enc, config.batch_size).argmax(1) == forget_enc.labels.numpy())
+        spent = time.perf_counter() - t0
+        if spent + step_s > budget_s:
+            stopped = f"time: another follow-up step would take the follow-ups past the search time ({budget_s:.1f} s)"
+            break
+        t_step = time.perf_counter()
+        left, loss_kind = _still_to_forget(task, forget_enc, target, config.batch_size)
         if len(left) == 0:
             break
         if progress:
             progress(f"so step {len(steps) + 1}: gradients on {len(left)} example(s) not yet forgotten", 0.0)
-        grad_f = param_stats(task, forget_enc.take(left), params, "grad", config.batch_size)
+        grad_f = param_stats(task, forget_enc.take(left), params, "grad", config.batch_size, loss=loss_kind)
         grad_r = param_stats(task, retain_enc, params, "grad", config.batch_size)
+        if loss_kind == "logce":
+            grad_f, grad_r = _unit(grad_f), _unit(grad_r)
         here = MaskedParams(mp.masks)  # the next step starts from the current point
         direction = so_direction(here, {p: grad_f[p] - grad_r[p] for p in params}, mg.param_retain_fisher,
                                  config.damping)
         report = so_update(task, here, direction, "auto", evaluate, target, progress=prog)
+        trials += [{**t, "round": len(steps) + 1} for t in report.trials]
+        step_s = time.perf_counter() - t_step
+        if last is not None and report.final is not None and \
+                target.miss(report.final.forget_acc, report.final.forget_losses) > \
+                FOLLOW_UP_STALL * target.miss(last.forget_acc, last.forget_losses) and target.feasible(last.retain_acc):
+            here.set_offset(direction, 0.0)  # undo: this step did not bring D_f closer to the target
+            report.reached_target = target.reached(last.forget_acc, last.forget_losses) and \
+                target.feasible(last.retain_acc)
+            report.final = last
+            stopped = f"stalled: step {len(steps) + 1} did not bring the forget set closer to the target (undone)"
+            break
         steps.append(report.step)
-        trials += [{**t, "round": len(steps)} for t in report.trials]
-    if len(steps) > 1:
-        report.step = steps
+        last = report.final
+    if len(steps) > 1 or stopped:
+        report.step = steps if len(steps) > 1 else steps[0]
         report.trials = trials
+    report.stopped = stopped
     report.params_changed = mp.changed()
     return report
 

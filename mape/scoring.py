@@ -62,8 +62,20 @@ def _unit_params(task: TaskModel) -> list[torch.nn.Parameter]:
     return list(unit_param_masks(a, torch.ones(L, H), torch.ones(L, F)).keys())
 
 
+def _summed_loss(logits: torch.Tensor, y: torch.Tensor, loss: str) -> torch.Tensor:
+    """``ce``: the summed cross-entropy. ``logce``: Σ log ℓ_i — every example counts by its relative change
+    in loss, so near-certain examples (ℓ ≈ 1e-5, whose CE gradient vanishes) move as much as unsure ones."""
+    if loss == "ce":
+        return Fn.cross_entropy(logits, y, reduction="sum")
+    if loss == "logce":
+        per = Fn.cross_entropy(logits, y, reduction="none")
+        return torch.log(per + 1e-12).sum()
+    raise ValueError(f"unknown loss {loss!r}")
+
+
 def _gate_pass(task: TaskModel, enc: Encoded, batch_size: int, keep_batches: bool,
-               params: list | None, param_mode: str | None, progress: Progress | None, stage: str):
+               params: list | None, param_mode: str | None, progress: Progress | None, stage: str,
+               loss_kind: str = "ce"):
     """One pass; returns (head GateStats, filter GateStats, {param: accumulated tensor})."""
     model, device = task.model, task.device
     was_training = model.training
@@ -88,7 +100,7 @@ def _gate_pass(task: TaskModel, enc: Encoded, batch_size: int, keep_batches: boo
     try:
         with gates:
             for i, (x, y) in enumerate(enc.batches(batch_size, device)):
-                loss = Fn.cross_entropy(task.logits(x).float(), y, reduction="sum")
+                loss = _summed_loss(task.logits(x).float(), y, loss_kind)
                 grads = torch.autograd.grad(loss, [gates.heads, gates.filters] + params)
                 gh, gf = grads[0].detach(), grads[1].detach()
                 sum_h += gh
@@ -113,10 +125,11 @@ def _gate_pass(task: TaskModel, enc: Encoded, batch_size: int, keep_batches: boo
     return stats[0], stats[1], acc
 
 
-def param_stats(task: TaskModel, enc: Encoded, params: list, mode: str, batch_size: int) -> dict:
+def param_stats(task: TaskModel, enc: Encoded, params: list, mode: str, batch_size: int, loss: str = "ce") -> dict:
     """Per parameter: ``grad`` = ∇ of the mean loss, ``fisher`` = per-example diagonal Fisher
-    (Σ_b s_b² / N with s_b the summed-loss gradient of batch b; the scale convention above)."""
-    _, _, acc = _gate_pass(task, enc, batch_size, False, params, mode, None, mode)
+    (Σ_b s_b² / N with s_b the summed-loss gradient of batch b; the scale convention above).
+    ``loss``: ``ce`` (cross-entropy) or ``logce`` (mean log cross-entropy, see :func:`_summed_loss`)."""
+    _, _, acc = _gate_pass(task, enc, batch_size, False, params, mode, None, mode, loss_kind=loss)
     return acc
 
 

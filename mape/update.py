@@ -12,13 +12,24 @@ Every rule writes through :class:`MaskedParams`, which sets each parameter to
   against θ* (β = 0.1) plus a retain term. These take Adam steps on the selected entries.
 
 Step size ``auto``: candidates are tried with forward passes only, on a forget and a retain check
-sample, until forget accuracy reaches the target (what a retrained model would score on D_f) while
-retain accuracy stays within ``tolerance`` of the original's; the chosen value is reported. For
-``so`` the grid is 0.01, 0.03, 0.1, 0.3, 1 with two bisections; when its smallest step already pushes
-forget accuracy below the target by more than the slack (a full-parameter step on a large model can),
-up to three smaller steps (÷3 each) are tried first. A smallest step that only costs retain accuracy
-does not trigger this: for a whole class, stepping smaller there forgets less and lands further from
-a retrained model (measured on vit-mnist class:3).
+sample, until D_f looks the way it would to a model retrained without it, while retain accuracy stays
+within ``tolerance`` of the original's; the chosen value is reported. "Looks the way it would" is the
+:class:`Target`:
+
+- for a random, partial-class or pattern forget set, the forget examples' *loss distribution* must
+  reach that of examples the model never saw (``Target.reference_losses``: the original's losses on
+  unseen examples of the same classes, in the forget set's class mix) — measured by the rank shift
+  P(ℓ_f > ℓ_ref) − ½, within ±``shift_slack`` — and their accuracy that of unseen examples (within
+  ``slack``). Accuracy alone stops too early: on a set the model generalises to, accuracy is reached
+  almost at once while the examples keep the near-certain confidence of training data, and a
+  membership attack still sees them;
+- for a whole class: accuracy 0 (a class the model never learned), within ``slack`` (default 0.5 %).
+
+For ``so`` the grid is 0.01, 0.03, 0.1, 0.3, 1 with two bisections; when its smallest step already
+overshoots (forget accuracy below the target, or the forget set less confident than unseen data, by more
+than the slacks), up to three smaller steps (÷3 each) are tried first. A smallest step that only costs
+retain accuracy does not trigger this: for a whole class, stepping smaller there forgets less and lands
+further from a retrained model (measured on vit-mnist class:3).
 """
 
 from __future__ import annotations
@@ -27,9 +38,11 @@ import math
 from dataclasses import dataclass, field
 from typing import Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as Fn
 
+from mape.metrics import example_losses, rank_shift
 from mape.models import Encoded, TaskModel
 
 UPDATES = ("so", "ga", "gd", "rl", "npo")
@@ -38,27 +51,72 @@ DOWN_STEPS = 3                          # if SO_GRID[0] already overshoots: η/3
 Progress = Callable[[str, float], None]
 
 
+@dataclass(frozen=True)
+class Check:
+    """One forward-pass check of the model being unlearned: forget / retain accuracy on the check samples
+    and the per-example losses of the forget check sample (None when not measured)."""
+    forget_acc: float
+    retain_acc: float
+    forget_losses: np.ndarray | None = None
+
+
+def as_check(result) -> Check:
+    """An ``evaluate()`` result as a :class:`Check` (a Check, or a tuple (fa, ra[, losses]))."""
+    if isinstance(result, Check):
+        return result
+    return Check(*result)
+
+
 @dataclass
 class Target:
     forget_acc: float          # forget accuracy of a model that never saw D_f (estimate)
     retain_acc: float          # original retain accuracy on the check sample
     tolerance: float = 0.02    # allowed drop of retain accuracy
-    slack: float = 0.02        # forget accuracy within target + slack counts as reached
-    source: str = ""           # where the forget-accuracy estimate comes from
+    slack: float = 0.02        # forget accuracy within target ± slack counts as reached
+    source: str = ""           # where the estimate comes from
+    reference_losses: np.ndarray | None = None  # losses of unseen examples (D_f's class mix); None: accuracy only
+    shift_slack: float = 0.05  # |rank shift| of D_f's losses against the reference within this counts as reached
 
     def to_json(self) -> dict:
-        return {"forget_acc": round(self.forget_acc, 6), "source": self.source,
-                "retain_acc": round(self.retain_acc, 6), "tolerance": self.tolerance}
+        out = {"forget_acc": round(self.forget_acc, 6), "source": self.source,
+               "retain_acc": round(self.retain_acc, 6), "tolerance": self.tolerance, "slack": self.slack}
+        if self.reference_losses is not None:
+            ref = self.reference_losses
+            out["loss_distribution"] = {"rank_shift_within": self.shift_slack, "reference_size": int(len(ref)),
+                                        "reference_median_loss": float(np.median(ref)) if len(ref) else None}
+        return out
+
+    def shift(self, losses) -> float | None:
+        """P(ℓ_f > ℓ_ref) + ½P(=) − ½: < 0 while D_f is more confident than unseen data (None: not measured)."""
+        if self.reference_losses is None or losses is None or len(self.reference_losses) == 0 or len(losses) == 0:
+            return None
+        return rank_shift(losses, self.reference_losses)
 
     def feasible(self, ra: float) -> bool:
         return ra >= self.retain_acc - self.tolerance - 1e-9
 
-    def reached(self, fa: float) -> bool:
-        return fa <= self.forget_acc + self.slack + 1e-9
+    def reached(self, fa: float, losses=None) -> bool:
+        sh = self.shift(losses)
+        return fa <= self.forget_acc + self.slack + 1e-9 and (sh is None or sh >= -self.shift_slack - 1e-9)
 
-    def overshot(self, fa: float) -> bool:
-        """Forget accuracy pushed below the target by more than the slack."""
-        return fa < self.forget_acc - self.slack - 1e-9
+    def overshot(self, fa: float, losses=None) -> bool:
+        """Forget accuracy below the target, or D_f less confident than unseen data, beyond the slacks."""
+        sh = self.shift(losses)
+        return fa < self.forget_acc - self.slack - 1e-9 or (sh is not None and sh > self.shift_slack + 1e-9)
+
+    def miss(self, fa: float, losses=None) -> float:
+        """How far a check is from the target (0 = on target): accuracy and rank shift beyond their slacks."""
+        sh = self.shift(losses)
+        out = max(0.0, abs(fa - self.forget_acc) - self.slack)
+        return out + (max(0.0, abs(sh) - self.shift_slack) if sh is not None else 0.0)
+
+    def describe(self, check: Check) -> dict:
+        """The trial record of a check: accuracies, and the rank shift when measured."""
+        out = {"forget_acc": check.forget_acc, "retain_acc": check.retain_acc}
+        sh = self.shift(check.forget_losses)
+        if sh is not None:
+            out["loss_shift"] = round(sh, 6)
+        return out
 
 
 @dataclass
@@ -70,12 +128,16 @@ class UpdateReport:
     reached_target: bool = False
     params_changed: int = 0
     target: dict | None = None  # the forget target the auto step aimed at, and where it came from
+    final: Check | None = field(default=None, repr=False)  # the chosen trial's check (not serialised)
+    stopped: str | None = None  # why follow-up steps ended early (so auto), if they did
 
     def to_json(self) -> dict:
         out = {"rule": self.rule, "step": self.step, "auto": self.auto, "trials": self.trials,
                "reached_target": self.reached_target, "params_changed": self.params_changed}
         if self.target is not None:
             out["target"] = self.target
+        if self.stopped is not None:
+            out["stopped"] = self.stopped
         return out
 
 
@@ -125,6 +187,14 @@ def accuracy(task: TaskModel, enc: Encoded, batch_size: int = 64) -> float:
     return float((probs.argmax(1) == enc.labels.numpy()).mean())
 
 
+def check(task: TaskModel, forget: Encoded, retain: Encoded, batch_size: int = 64) -> Check:
+    """Forget / retain accuracy and the forget check sample's per-example losses (forward passes only)."""
+    pf = task.predict_proba(forget, batch_size)
+    yf = forget.labels.numpy()
+    return Check(float((pf.argmax(1) == yf).mean()) if len(yf) else float("nan"), accuracy(task, retain, batch_size),
+                 example_losses(pf, yf))
+
+
 def so_direction(mp: MaskedParams, grad_f: dict, fisher_r: dict, damping: float = 0.01) -> dict:
     """M ⊙ (Î_r + λ)⁻¹ ⊙ ∇θ L(D_f), scaled so that a unit step moves θ_M by ‖θ_M‖."""
     mean_f = sum(float(fisher_r[p][m].sum()) for p, m in mp.masks.items()) / max(mp.count, 1)
@@ -136,11 +206,10 @@ def so_direction(mp: MaskedParams, grad_f: dict, fisher_r: dict, damping: float 
     return {p: v * scale for p, v in d.items()}
 
 
-def _closeness(fa: float, ra: float, target: Target, step: float = 0.0) -> tuple:
-    """Sort key for trials: feasible first, then forget accuracy closest to the target (within the
-    slack counts as on target), then the smaller step: the least change that reaches the target."""
-    miss = max(0.0, abs(fa - target.forget_acc) - target.slack)
-    return (not target.feasible(ra), round(miss, 6), step)
+def _closeness(c: Check, target: Target, step: float = 0.0) -> tuple:
+    """Sort key for trials: feasible first, then closest to the target (within the slacks counts as on
+    target), then the smaller step: the least change that reaches the target."""
+    return (not target.feasible(c.retain_acc), round(target.miss(c.forget_acc, c.forget_losses), 6), step)
 
 
 def so_update(task: TaskModel, mp: MaskedParams, direction: dict, step, evaluate, target: Target,
@@ -149,45 +218,50 @@ def so_update(task: TaskModel, mp: MaskedParams, direction: dict, step, evaluate
     if step != "auto":
         mp.set_offset(direction, float(step))
         return UpdateReport("so", float(step), False, params_changed=mp.changed())
-    trials = []
+    trials, checks = [], []
 
-    def trial(eta: float):
+    def trial(eta: float) -> Check:
         mp.set_offset(direction, eta)
-        fa, ra = evaluate()
-        trials.append({"step": eta, "forget_acc": fa, "retain_acc": ra})
+        c = as_check(evaluate())
+        trials.append({"step": eta, **target.describe(c)})
+        checks.append(c)
         if progress:
             progress("step size", min(1.0, len(trials) / (len(SO_GRID) + 2)))
-        return fa, ra
+        return c
+
+    def done(c: Check) -> bool:
+        return target.reached(c.forget_acc, c.forget_losses) or not target.feasible(c.retain_acc)
 
     lo = 0.0
     hi = None
     for eta in SO_GRID:
-        fa, ra = trial(eta)
-        if target.reached(fa) or not target.feasible(ra):
+        c = trial(eta)
+        if done(c):
             hi = eta
             break
         lo = eta
-    if hi == SO_GRID[0] and target.overshot(fa):
-        # the smallest grid step already pushes forget accuracy well past the target: go down
+    if hi == SO_GRID[0] and target.overshot(c.forget_acc, c.forget_losses):
+        # the smallest grid step already pushes D_f well past the target: go down
         for _ in range(DOWN_STEPS):
             eta = hi / 3
-            fa, ra = trial(eta)
-            if not target.overshot(fa):
-                lo = 0.0 if target.reached(fa) else eta  # short of the target: bisect up to hi
+            c = trial(eta)
+            if not target.overshot(c.forget_acc, c.forget_losses):
+                lo = 0.0 if target.reached(c.forget_acc, c.forget_losses) else eta  # short: bisect up to hi
                 break
             hi = eta
     if hi is not None and lo > 0:
         for _ in range(2):  # log-space bisection: the last step short of the target, the first past it
             mid = math.sqrt(lo * hi)
-            fa, ra = trial(mid)
-            if target.reached(fa) or not target.feasible(ra):
+            if done(trial(mid)):
                 hi = mid
             else:
                 lo = mid
-    best = min(trials, key=lambda t: _closeness(t["forget_acc"], t["retain_acc"], target, t["step"]))
-    mp.set_offset(direction, best["step"])
-    return UpdateReport("so", best["step"], True, trials, target.reached(best["forget_acc"])
-                        and target.feasible(best["retain_acc"]), mp.changed())
+    i = min(range(len(trials)), key=lambda k: _closeness(checks[k], target, trials[k]["step"]))
+    mp.set_offset(direction, trials[i]["step"])
+    best = checks[i]
+    return UpdateReport("so", trials[i]["step"], True, trials,
+                        target.reached(best.forget_acc, best.forget_losses) and target.feasible(best.retain_acc),
+                        mp.changed(), final=best)
 
 
 def _cycle(enc: Encoded, batch_size: int, device, seed: int):
@@ -256,11 +330,11 @@ def iterative_update(task: TaskModel, rule: str, mp: MaskedParams, forget: Encod
             if progress:
                 progress(f"{rule} steps", i / n_steps)
             if auto and (i % eval_every == 0 or i == n_steps):
-                fa, ra = evaluate()
-                trials.append({"step": i, "forget_acc": fa, "retain_acc": ra})
-                if best is None or _closeness(fa, ra, target, i) < _closeness(best[1], best[2], target, chosen):
-                    best, chosen = (mp.snapshot(), fa, ra), i
-                if target.reached(fa) or not target.feasible(ra):
+                c = as_check(evaluate())
+                trials.append({"step": i, **target.describe(c)})
+                if best is None or _closeness(c, target, i) < _closeness(best[1], target, chosen):
+                    best, chosen = (mp.snapshot(), c), i
+                if target.reached(c.forget_acc, c.forget_losses) or not target.feasible(c.retain_acc):
                     break
         if auto and best is not None:
             mp.load(best[0])
@@ -269,5 +343,6 @@ def iterative_update(task: TaskModel, rule: str, mp: MaskedParams, forget: Encod
             p.requires_grad_(flag)
             p.grad = None
         model.train(was_training)
-    reached = bool(best) and target.reached(best[1]) and target.feasible(best[2])
-    return UpdateReport(rule, chosen if auto else n_steps, auto, trials, reached, mp.changed())
+    final = best[1] if best else None
+    reached = bool(best) and target.reached(final.forget_acc, final.forget_losses) and target.feasible(final.retain_acc)
+    return UpdateReport(rule, chosen if auto else n_steps, auto, trials, reached, mp.changed(), final=final)

@@ -333,3 +333,46 @@ def test_image_preset_end_to_end(page, tmp_path):
     check_downloads(page, "class:3", tmp_path)
     check_compare(page, tmp_path)
     screenshot(page, "image")
+
+
+def predictions_answer(page, text: str, timeout: float = 120) -> str:
+    """Type ``text``, press Predict and return the new own-input answer (its HTML)."""
+    before = page.inner_html("#custom-predictions")
+    textbox(page, "custom-text").fill(text)
+    page.click("#predict-btn")
+    return wait_until(lambda: (lambda h: h if h != before and ("mape-dist" in h or "mape-error" in h) else None)(
+        page.inner_html("#custom-predictions")), timeout, f"the prediction for {text!r}")
+
+
+def test_predict_while_the_attribution_runs(page):
+    """Issue 16, bug 1: right after a run the first forget example is explained (Captum); pressing
+    Predict meanwhile, three times, gives probabilities every time, never an error."""
+    run_and_wait(page)
+    attribution_pending = page.locator("#attr-text .mape-tok").count() == 0
+    answers = [predictions_answer(page, text) for text in (
+        "The striker scored twice as the club won the cup final.",
+        "Shares fell sharply after the bank reported a loss.",
+        "The minister announced the date of the general election.")]
+    assert attribution_pending, "the attribution had finished before the first Predict"
+    for html_ in answers:
+        assert "mape-error" not in html_ and html_.count("mape-dist") >= 2, html_
+        assert "MAPE (unlearned)" in html_ and re.search(r"\d+\.\d%", html_)
+    toasts = " ".join(page.locator(".toast-body").all_inner_texts())
+    assert "Error" not in toasts and "error" not in toasts.lower(), toasts
+    wait_until(lambda: page.locator("#attr-text .mape-tok").count() >= 6, 180, "the attribution to finish")
+
+
+def test_switch_preset_and_run_at_once(page):
+    """Issue 16, bug 2: Run pressed right after a preset switch runs the new preset's forget set (the
+    button waits for the switch), and the summary says which forget set ran."""
+    from mape.presets import PRESETS as ALL
+
+    page.click("#preset input")
+    page.get_by_role("option", name=ALL[PRESETS[1]].title).click()
+    page.click("#run-btn", timeout=120_000)  # waits while the switch keeps the button disabled
+    status = wait_until(lambda: (lambda t: t if ("Done" in t or "error" in t) else None)(status_text(page)),
+                        RUN_TIMEOUT_S, "the run to finish")
+    assert "Done" in status and "class:3" in status and ALL[PRESETS[1]].title in status, status
+    assert "`class:3`" in page.inner_text("#run-summary") or "class:3" in page.inner_text("#run-summary")
+    assert "class:3" in page.inner_text("#forget-counts")
+    assert textbox(page, "forget-value").input_value() == "3"

@@ -159,8 +159,12 @@ def test_so_follow_up_steps_use_the_examples_not_yet_forgotten(bbc_ws, monkeypat
     """When one so step cannot reach the target, each further step takes its forget gradient on the
     forget examples the model still classifies correctly, and its retain gradient on the retain sample."""
     from mape import pipeline, scoring
+    from mape.update import Target
 
-    monkeypatch.setattr(pipeline, "forget_target_estimate", lambda ws, forget: (-1.0, "test"))  # unreachable: every step runs
+    # an unreachable accuracy-only target (as for a whole class), no stall or time stop: every step runs
+    monkeypatch.setattr(pipeline, "forget_target", lambda ws, forget, ra, tol, seed=0: Target(-1.0, ra, tol))
+    monkeypatch.setattr(pipeline, "FOLLOW_UP_STALL", float("inf"))
+    monkeypatch.setattr(pipeline, "FOLLOW_UP_BUDGET", float("inf"))
     passes, real = [], scoring._gate_pass
 
     def recording(task, enc, *args, **kw):

@@ -1,0 +1,127 @@
+"""② Forget set: selector kind and value, seed, and a preview (counts per class, first examples).
+
+It also owns the preset switch: the forget selector is reset to the new preset's default and a
+``gr.State`` (``owner``) records which preset the selector on screen belongs to. While a switch is
+under way the Run button is disabled (in the browser at once, then by the server), and a run whose
+selector still belongs to the previous preset uses the new preset's default forget set, which is what
+the selector shows a moment later (ui.live_search.forget_spec_of): what the page shows is what runs.
+"""
+
+from __future__ import annotations
+
+import html
+from types import SimpleNamespace
+
+import gradio as gr
+
+from mape import app_support as S
+from mape import serving
+from mape.errors import MapeError
+from mape.forget import select_forget
+from mape.presets import PRESETS
+from ui.common import classes_of, default_kv
+
+KINDS_TEXT = [("random sample", "random"), ("whole class / class sample", "class"), ("texts matching a pattern", "match"),
+              ("training indices", "indices")]
+KINDS_IMAGE = [k for k in KINDS_TEXT if k[1] != "match"]
+KIND_HELP = {
+    "random": "How many random training examples: a count like 32, or a share like 2%.",
+    "class": "A class name or number ({classes}); add :N for N examples of it, e.g. {c0}:20.",
+    "match": "A regular expression (case-insensitive), e.g. football|rugby.",
+    "indices": "Training indices and ranges, e.g. 0,5,10-20.",
+}
+# runs in the browser as soon as the preset changes, before any server round trip
+DISABLE_RUN_JS = "() => { const b = document.querySelector('#run-btn'); if (b) { b.disabled = true; } }"
+
+
+def build(ctx) -> SimpleNamespace:
+    gr.Markdown("## ② Forget set — what should the model forget?", elem_classes=["mape-section"])
+    kind0, value0 = S.default_forget(ctx.modality, ctx.classes)
+    with gr.Row():
+        kind = gr.Dropdown(KINDS_IMAGE if ctx.modality == "image" else KINDS_TEXT, value=kind0, label="Selector",
+                           scale=1, elem_id="forget-kind")
+        value = gr.Textbox(value0, label="Value", info=kind_info(kind0, ctx.classes), scale=2, elem_id="forget-value")
+        seed = gr.Number(0, label="Seed", precision=0, minimum=0, scale=1, elem_id="seed",
+                         info="Same seed, same random choices.")
+    with gr.Row():
+        with gr.Column(scale=2):
+            counts = gr.HTML("", elem_id="forget-counts")
+        with gr.Column(scale=3):
+            table = gr.Dataframe(headers=["#", "class", "text"], datatype=["number", "str", "str"],
+                                 column_widths=["70px", "120px", "auto"], label="First examples of the forget set",
+                                 wrap=True, max_height=300, visible=ctx.modality == "text", interactive=False,
+                                 elem_id="forget-preview-table")
+            gallery = gr.Gallery(label="First examples of the forget set", columns=8, height=260,
+                                 visible=ctx.modality == "image", allow_preview=False, elem_id="forget-preview-gallery")
+    owner = gr.State(ctx.default)  # the preset the selector on screen belongs to
+    return SimpleNamespace(kind=kind, value=value, seed=seed, counts=counts, table=table, gallery=gallery, owner=owner)
+
+
+def wire(page, demo) -> None:
+    f, preset = page.forget, page.model.preset
+    preview_in, preview_out = [preset, f.kind, f.value, f.seed], [f.counts, f.table, f.gallery]
+    f.kind.input(on_kind, [preset, f.kind], f.value, api_visibility="private", queue=False
+                 ).then(preview, preview_in, preview_out, api_visibility="private")
+    for trigger in (f.value.submit, f.value.blur, f.seed.submit):
+        trigger(preview, preview_in, preview_out, api_visibility="private")
+    demo.load(lambda p: preview(p, *default_kv(p), 0), preset, preview_out, api_visibility="private")
+    preset.change(None, None, None, js=DISABLE_RUN_JS, api_visibility="private", queue=False)
+    preset.change(lambda: gr.Button(interactive=False), None, page.method.run_btn, api_visibility="private",
+                  queue=False
+                  ).then(on_preset, preset, [f.kind, f.value, f.owner, page.method.run_btn], api_visibility="private"
+                         ).then(preview, preview_in, preview_out, api_visibility="private")
+
+
+def on_preset(preset_name):
+    """The new preset's default forget selector, its owner, and Run enabled again (whatever happens)."""
+    try:
+        classes, modality = classes_of(preset_name)
+        k, v = S.default_forget(modality, classes)
+        return (gr.Dropdown(choices=KINDS_IMAGE if modality == "image" else KINDS_TEXT, value=k),
+                gr.Textbox(value=v, info=kind_info(k, classes)), preset_name, gr.Button(interactive=True))
+    except Exception:  # noqa: BLE001 - never leave Run disabled
+        serving.log.exception("switching to %s failed", preset_name)
+        return gr.skip(), gr.skip(), gr.skip(), gr.Button(interactive=True)
+
+
+def on_kind(preset_name, kind_v):
+    classes, modality = classes_of(preset_name)
+    return gr.Textbox(value=kind_default(kind_v, classes, modality), info=kind_info(kind_v, classes))
+
+
+def kind_default(kind: str, classes: list[str], modality: str) -> str:
+    if kind == "random":
+        return "32"
+    if kind == "class":
+        return S.default_forget(modality, classes)[1] if modality == "image" else (
+            "sport" if "sport" in classes else classes[0])
+    return "football|rugby" if kind == "match" else "0-19"
+
+
+def kind_info(kind: str, classes: list[str]) -> str:
+    shown = ", ".join(classes[:12]) + (", …" if len(classes) > 12 else "")
+    return KIND_HELP.get(kind, "").format(classes=shown, c0=classes[0] if classes else "0")
+
+
+def preview(preset_name, kind_v, value_v, seed_v):
+    """Counts per class and the first examples of the forget set (or one clear message)."""
+    spec = S.compose_spec(kind_v, value_v)
+    modality = PRESETS[preset_name].modality
+    empty_table = gr.Dataframe(value=[], visible=modality == "text")
+    empty_gallery = gr.Gallery(value=[], visible=modality == "image")
+    if PRESETS[preset_name].kind == "hub" and not serving.is_ready(preset_name):
+        return ("<div style='color:#6b7280;'>The preview appears once the Hub dataset is loaded (Prepare model).</div>",
+                empty_table, empty_gallery)
+    try:
+        ds = serving.dataset(preset_name)
+        fs = select_forget(spec, ds, int(seed_v or 0))
+    except MapeError as exc:
+        return (f"<div class='mape-error' style='color:#b91c1c;font-weight:600;'>⚠️ {html.escape(str(exc))}</div>",
+                empty_table, empty_gallery)
+    counts = S.class_counts_html(ds.classes, ds.train.y[fs.indices], ds.train.y, spec)
+    first = fs.indices[:48]
+    if ds.modality == "text":
+        rows = [[int(i), ds.classes[int(ds.train.y[i])], S.shorten(ds.train.x[i], 220)] for i in first[:30]]
+        return counts, gr.Dataframe(value=rows, visible=True), empty_gallery
+    imgs = [(S.upscale(ds.train.x[i], 3), f"#{int(i)} · {ds.classes[int(ds.train.y[i])]}") for i in first]
+    return counts, empty_table, gr.Gallery(value=imgs, visible=True)

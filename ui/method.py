@@ -1,0 +1,97 @@
+"""③ Method: objective, sparsity, update rule, step, retrain reference, advanced settings, the Run and
+Stop buttons, and the checks of a request before any heavy work."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import gradio as gr
+
+from mape import serving
+from mape.errors import MapeError
+from mape.forget import select_forget
+from mape.pipeline import MAX_GREEDY_PASSES
+from mape.presets import PRESETS
+
+OBJECTIVES = [("mlr — minimise retain loss (default)", "mlr"), ("mlf — maximise forget loss", "mlf"),
+              ("norm — gradient norm", "norm"), ("random units (control)", "random")]
+UPDATES = [("so — one Fisher-preconditioned second-order step (default)", "so"),
+           ("ga — gradient ascent on the forget set", "ga"),
+           ("gd — ascent on forget + descent on retain (NegGrad+)", "gd"),
+           ("rl — random labels on forget + retain", "rl"), ("npo — negative preference optimisation", "npo")]
+
+
+def build(ctx) -> SimpleNamespace:
+    gr.Markdown("## ③ Method", elem_classes=["mape-section"])
+    with gr.Row():
+        objective = gr.Radio(OBJECTIVES, value="mlr", label="Objective (how units are scored)", scale=3,
+                             elem_id="objective")
+        sparsity = gr.Slider(0.5, 0.99, value=0.9, step=0.01, label="Sparsity S (fraction of units frozen)",
+                             info="0.9: 10% of heads and 10% of filters are updated.", scale=2, elem_id="sparsity")
+    with gr.Row():
+        update = gr.Dropdown(UPDATES, value="so", label="Update rule (only selected units change)", scale=3,
+                             elem_id="update")
+        step = gr.Textbox("auto", label="Step size", scale=1, elem_id="step",
+                          info="auto (chosen by forward passes), η for so, or a number of steps.")
+        retrain = gr.Checkbox(False, label="Retrain reference (gold standard)", scale=2, elem_id="retrain",
+                              info="Also train a model from scratch without the forget set, to compare with. "
+                                   "Takes minutes on a CPU (cached per forget set).")
+    with gr.Accordion("Advanced settings", open=False):
+        with gr.Row():
+            retain_sample = gr.Number(ctx.retain_default, label="Retain sample for the scores", precision=0,
+                                      minimum=1, elem_id="retain-sample",
+                                      info="Retain examples behind the unit scores (more: steadier scores, slower "
+                                           "search; the CLI uses 512 on a CPU).")
+            passes = gr.Number(1, label="Greedy passes", precision=0, minimum=0, maximum=MAX_GREEDY_PASSES,
+                               elem_id="passes")
+            joint = gr.Checkbox(False, label="One joint budget counted in parameters", elem_id="joint")
+            tolerance = gr.Number(0.02, label="Retain-accuracy tolerance (auto step)", minimum=0, maximum=1,
+                                  elem_id="tolerance")
+    with gr.Row():
+        run_btn = gr.Button("▶  Run unlearning", variant="primary", size="lg", scale=4, elem_id="run-btn")
+        stop_btn = gr.Button("Stop", variant="stop", size="lg", scale=1, elem_id="stop-btn")
+    return SimpleNamespace(objective=objective, sparsity=sparsity, update=update, step=step, retrain=retrain,
+                           retain_sample=retain_sample, passes=passes, joint=joint, tolerance=tolerance,
+                           run_btn=run_btn, stop_btn=stop_btn)
+
+
+def settings(page) -> list:
+    """The components whose values make a run's settings, in :func:`config`'s order."""
+    m = page.method
+    return [m.objective, m.sparsity, m.update, m.step, page.forget.seed, m.retrain, m.retain_sample, m.passes,
+            m.joint, m.tolerance]
+
+
+def config(objective, sparsity, update, step, seed, retrain, retain_sample, passes, joint=False,
+           tolerance=0.02) -> dict:
+    """UnlearnConfig keyword arguments from the page's values; MapeError with one clear message."""
+    try:
+        seed = int(seed or 0)
+        retain_sample = int(retain_sample) if retain_sample not in (None, "") else None
+        passes = int(passes if passes not in (None, "") else 1)
+        sparsity = float(sparsity)
+        tolerance = float(tolerance if tolerance not in (None, "") else 0.02)
+    except (TypeError, ValueError):
+        raise MapeError("Seed, retain sample and greedy passes must be whole numbers; sparsity and tolerance "
+                        "numbers.") from None
+    if seed < 0:
+        raise MapeError("The seed must be a non-negative whole number.")
+    # ranges (passes, tolerance, ...) are checked by UnlearnConfig.validate in validate_request
+    step = str(step).strip() if step not in (None, "") else "auto"
+    return dict(objective=str(objective), sparsity=sparsity, update=str(update), step=step, seed=seed,
+                retrain=bool(retrain), retain_sample=retain_sample, greedy_passes=passes, joint_budget=bool(joint),
+                tolerance=tolerance)
+
+
+def validate_request(preset_name: str, spec: str, cfg: dict, allowed: list[str] | None = None) -> None:
+    """Fast checks before any heavy work: preset, method settings, forget spec (on the dataset)."""
+    from mape.pipeline import UnlearnConfig
+
+    if preset_name not in (allowed or PRESETS):
+        raise MapeError(f"Unknown preset '{preset_name}'; choose one of: {', '.join(allowed or PRESETS)}.")
+    ok, why = PRESETS[preset_name].availability()
+    if not ok:
+        raise MapeError(f"Preset '{preset_name}' cannot run here: {why}.")
+    UnlearnConfig(**cfg).validate()
+    if PRESETS[preset_name].kind != "hub" or serving.is_ready(preset_name):
+        select_forget(spec, serving.dataset(preset_name), cfg["seed"])

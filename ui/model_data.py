@@ -1,0 +1,145 @@
+"""① Model & data: the header, the preset picker, the original model's status and "Prepare model"."""
+
+from __future__ import annotations
+
+import html
+import queue
+import threading
+import time
+from types import SimpleNamespace
+
+import gradio as gr
+
+from mape import app_support as S
+from mape import serving
+from mape.presets import PRESETS
+from ui.common import status_line
+
+INTRO = ("# MAPE-Unlearn Studio\n"
+         "Make a trained Transformer **forget** part of its training data by updating only a few attention heads "
+         "and feed-forward filters — *module-aware, parameter-efficient unlearning* (Bao et al., 2025). Pick a "
+         "model, choose what to forget, press **Run**, and watch which units the search selects. Everything runs "
+         "here, offline-capable; the method is explained at the bottom of the page.")
+# measured on 2 idle CPU cores (README, BENCHMARKS.md); other presets depend on the data size
+CPU_TRAINING_TIME = {"minilm-bbc": "about 4 minutes on a CPU", "vit-mnist": "about 2 minutes on a CPU"}
+
+
+def build(ctx) -> SimpleNamespace:
+    with gr.Row(equal_height=True):
+        with gr.Column(scale=5):
+            gr.Markdown(INTRO, elem_id="mape-intro")
+        with gr.Column(scale=1, min_width=180):
+            gr.HTML(device_badge(), elem_id="device-badge")
+    gr.Markdown("## ① Model & data", elem_classes=["mape-section"])
+    with gr.Row():
+        with gr.Column(scale=2):
+            preset = gr.Dropdown(preset_choices(ctx.names), value=ctx.default, label="Preset (model · dataset)",
+                                 elem_id="preset")
+            description = gr.Markdown(preset_description(ctx.default), elem_id="preset-description")
+        with gr.Column(scale=3):
+            status = gr.HTML(status_line("busy", "Checking the model…"), elem_id="model-status")
+            prepare_btn = gr.Button("Prepare model", variant="secondary", elem_id="prepare-btn")
+    return SimpleNamespace(preset=preset, description=description, status=status, prepare_btn=prepare_btn)
+
+
+def wire(page, demo) -> None:
+    m = page.model
+    demo.load(model_status, m.preset, m.status, api_visibility="private")
+    m.preset.change(lambda name: (preset_description(name), model_status(name)), m.preset, [m.description, m.status],
+                    api_visibility="private", queue=False)
+    m.prepare_btn.click(on_prepare, m.preset, m.status, api_visibility="private", concurrency_id="prepare",
+                        concurrency_limit=2, show_progress_on=[m.status])
+
+
+def device_badge() -> str:
+    text = serving.device_label()
+    colour = "#15803d" if serving.ON_GPU else "#475569"
+    return (f'<div class="mape-badge" style="text-align:right;"><span style="display:inline-block;padding:4px 12px;'
+            f'border-radius:999px;background:{colour};color:white;font-weight:600;font-size:0.9em;">'
+            f'{html.escape(text)}</span></div>')
+
+
+def preset_choices(names: list[str]) -> list[tuple[str, str]]:
+    return [(PRESETS[n].title + ("" if PRESETS[n].availability()[0] else "  — unavailable"), n) for n in names]
+
+
+def preset_description(name: str) -> str:
+    p = PRESETS[name]
+    ok, why = p.availability()
+    limit = S.train_limit_for(name, serving.ON_GPU)
+    text = p.description
+    if limit:
+        text += f" The app trains it on a seeded subset of {limit:,} training examples."
+    if not ok:
+        text += f"\n\n**Unavailable here:** {why}."
+    elif p.kind == "hub":
+        text += "\n\nNeeds the Hugging Face Hub (downloads on first use)."
+    return text
+
+
+def model_status(name: str) -> str:
+    """HTML line: is the preset's original model ready, cached on disk, being prepared or not trained?"""
+    if serving.is_ready(name):
+        i = serving.info(name)
+        return status_line("ready", "Original model ready",
+                           f"{i['n_train']:,} training / {i['n_test']:,} test examples, {i['params']:,} parameters, "
+                           f"{i['layers']} layers × {i['heads']} heads × {i['filters']:,} filters.")
+    state = serving.preparing(name)
+    if state is not None:
+        return status_line("busy", "Preparing", f"{state[0]}, {100 * state[1]:.0f}% (already under way; Run waits for it).")
+    ok, why = PRESETS[name].availability()
+    if not ok:
+        return status_line("na", "Unavailable here", why + ".")
+    try:
+        cached = serving.cached_on_disk(name)
+    except Exception:  # noqa: BLE001 - status only
+        cached = None
+    if cached:
+        return status_line("cached", "Trained model found in the cache",
+                           "it loads in a few seconds when you click Prepare model or Run.")
+    if PRESETS[name].finetuned:
+        return status_line("hub", "Published fine-tuned model",
+                           "downloaded from the Hugging Face Hub when you click Prepare model or Run.")
+    eta = "a little while" if serving.ON_GPU else CPU_TRAINING_TIME.get(name, "a little while")
+    return status_line("todo", "Not trained yet",
+                       f"the original model is trained once ({eta}) and cached. Click Prepare model now, or just "
+                       f"Run (it prepares first).")
+
+
+def preparing_status(stage: str, frac: float) -> str:
+    return status_line("busy", "Preparing the original model", f"{stage}: {100 * frac:.0f}%")
+
+
+def on_prepare(preset_name, progress=gr.Progress()):
+    if serving.is_ready(preset_name):
+        yield model_status(preset_name)
+        return
+    yield preparing_status("starting", 0.0)
+    q: queue.Queue = queue.Queue()
+    box: dict = {}
+    threading.Thread(target=_prepare_into, args=(preset_name, q, box), daemon=True, name="mape-prepare").start()
+    last = 0.0
+    for stage, frac in iter(q.get, None):
+        progress(frac, desc=stage)
+        if time.monotonic() - last > 0.5:
+            last = time.monotonic()
+            yield preparing_status(stage, frac)
+    if "error" in box:
+        gr.Warning(box["error"])
+        yield status_line("error", "Could not prepare the model", box["error"])
+    else:
+        yield model_status(preset_name)
+
+
+def _prepare_into(name: str, q: queue.Queue, box: dict) -> None:
+    from mape.errors import MapeError
+
+    try:
+        serving.prepare_preset(name, lambda s, f: q.put((s, f)))
+    except MapeError as exc:
+        box["error"] = str(exc)
+    except Exception as exc:  # noqa: BLE001
+        serving.log.exception("prepare failed")
+        box["error"] = f"Unexpected {type(exc).__name__}: {str(exc)[:300]}"
+    finally:
+        q.put(None)

@@ -1,0 +1,59 @@
+"""⑤ Results: the run summary (it echoes the forget spec that ran), the metrics table and chart."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import gradio as gr
+
+from mape import app_support as S
+from mape import figures as FG
+from ui.common import EMPTY_RESULTS
+
+
+def build(ctx) -> SimpleNamespace:
+    gr.Markdown("## ⑤ Results", elem_classes=["mape-section"])
+    summary = gr.Markdown("", elem_id="run-summary")
+    with gr.Row():
+        with gr.Column(scale=3):
+            table = gr.HTML(EMPTY_RESULTS, elem_id="metrics-table")
+        with gr.Column(scale=2):
+            chart = gr.Plot(FG.empty_figure("Metrics chart: after a run", 380), label="Metrics", elem_id="metrics-plot")
+    return SimpleNamespace(summary=summary, table=table, chart=chart)
+
+
+def outputs(page) -> list:
+    r = page.results
+    return [r.summary, r.table, r.chart]
+
+
+def show(page, result: dict) -> dict:
+    r, metrics = page.results, result["metrics"]
+    return {r.summary: summary_markdown(result), r.table: S.metrics_table_html(metrics, result.get("gap_to_retrain")),
+            r.chart: metrics_chart(metrics)}
+
+
+def reset(page, preset_name: str) -> dict:
+    r = page.results
+    return {r.summary: "", r.table: EMPTY_RESULTS, r.chart: FG.empty_figure("Metrics chart: after a run", 380)}
+
+
+def summary_markdown(result: dict) -> str:
+    """The engine's summary, plus which examples the live run's metrics were measured on."""
+    text = S.summary_markdown(result)
+    ev = result.get("evaluation")
+    if ev:
+        text += (f"\n\n**Measured on:** the forget set, {ev['retain_examples']:,} retain and {ev['test_examples']:,} "
+                 "test examples (fixed seeded samples, so a run answers quickly; `python -m mape unlearn`, the "
+                 "`/unlearn` API and *Compare methods* measure the full test split and 1,000 retain examples).")
+    return text
+
+
+def metrics_chart(metrics: dict):
+    rows = {("MAPE (unlearned)" if k == "unlearned" else k): v for k, v in metrics.items()}
+    fig = FG.metrics_figure(rows)
+    labels = [FG.METRIC_LABELS[m] for m in ("forget_acc", "retain_acc", "test_acc", "mia")]
+    fig.update_xaxes(tickangle=0, tickfont=dict(size=11), tickmode="array", tickvals=labels,
+                     ticktext=["Forget acc. (FA)", "Retain acc. (RA)", "Test acc. (TA)", "MIA efficacy"])
+    fig.update_layout(legend=dict(orientation="h", y=-0.14, x=0.5, xanchor="center"), margin=dict(b=70))
+    return fig
