@@ -314,7 +314,11 @@ METRIC_COLUMNS = (("forget_acc", "Forget acc. (FA)", "accuracy on the forget set
                   ("retain_acc", "Retain acc. (RA)", "accuracy on a fixed retain sample: should stay high"),
                   ("test_acc", "Test acc. (TA)", "accuracy on the test set (other classes when a whole class is forgotten)"),
                   ("test_forget_class_acc", "TA forgotten class", "test accuracy on the forgotten class"),
-                  ("mia", "MIA efficacy", "share of the forget set a membership-inference attack calls 'not a member'"))
+                  ("mia", "MIA efficacy", "share of the forget set a membership-inference attack calls 'not a member' "
+                          "(mean over 16 resamples of the attack's training data)"),
+                  ("loss_distance", "Loss distance (KS)", "Kolmogorov–Smirnov distance between the forget set's per-example "
+                                    "losses under this model and under the retrained one: 0 = the forget set looks to "
+                                    "this model exactly as to a model that never saw it"))
 ROW_NAMES = {"original": "Original (before)", "unlearned": "MAPE (unlearned)", "retrain": "Retrain (gold standard)"}
 
 

@@ -125,7 +125,6 @@ def cmd_presets(args) -> int:
 
 def _prepare(args):
     from mape.pipeline import prepare
-
     from mape.scenarios import check_forget_specs
 
     check_forget_specs(_forget_specs(args), args.scenario)  # before any slow work
