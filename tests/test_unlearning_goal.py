@@ -272,3 +272,20 @@ def test_compare_rows_carry_loss_distance():
     assert row["metrics"]["loss_distance"] == pytest.approx(ks_distance(mine, ref_losses))
     assert "_forget_losses" not in row["metrics"]
     assert _row(dict(ref), ref, 1.0, 0)["metrics"]["loss_distance"] == 0.0
+
+
+def test_loss_distribution_figure_shows_every_model_over_the_unseen_area():
+    from mape.figures import loss_distribution_figure
+    from mape.pipeline import loss_histograms
+
+    rng = np.random.default_rng(0)
+    hist = loss_histograms({"original": rng.exponential(1e-4, 50), "unlearned": rng.exponential(1e-2, 50),
+                            "retrain": rng.exponential(1e-2, 50), "unseen": rng.exponential(1e-2, 500)})
+    fig = loss_distribution_figure(hist)
+    names = [t.name for t in fig.data]
+    assert len(names) == 4 and names[0].startswith("unseen") and fig.data[0].fill == "tozeroy"
+    assert [round(sum(t.y), 6) for t in fig.data] == [pytest.approx(100.0, abs=1e-3)] * 4
+    # the original's mass sits left (more confident) of the unlearned model's
+    centres = np.asarray(fig.data[1].x)
+    assert np.dot(centres, fig.data[1].y) < np.dot(centres, fig.data[2].y)
+    assert len(loss_distribution_figure({}).data) == 0  # placeholder before a run

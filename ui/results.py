@@ -1,4 +1,5 @@
-"""⑤ Results: the run summary (it echoes the forget spec that ran), the metrics table and chart."""
+"""⑤ Results: the run summary (it echoes the forget spec that ran), the metrics table and chart, and the
+forget set's loss distribution under each model over that of unseen examples (does it look unseen now?)."""
 
 from __future__ import annotations
 
@@ -19,23 +20,28 @@ def build(ctx) -> SimpleNamespace:
             table = gr.HTML(EMPTY_RESULTS, elem_id="metrics-table")
         with gr.Column(scale=2):
             chart = gr.Plot(FG.empty_figure("Metrics chart: after a run", 380), label="Metrics", elem_id="metrics-plot")
-    return SimpleNamespace(summary=summary, table=table, chart=chart)
+    losses = gr.Plot(FG.empty_figure(LOSS_EMPTY, 300), label="Loss distribution", elem_id="loss-plot")
+    return SimpleNamespace(summary=summary, table=table, chart=chart, losses=losses)
+
+
+LOSS_EMPTY = "Loss distribution of the forget set: after a run"
 
 
 def outputs(page) -> list:
     r = page.results
-    return [r.summary, r.table, r.chart]
+    return [r.summary, r.table, r.chart, r.losses]
 
 
 def show(page, result: dict) -> dict:
     r, metrics = page.results, result["metrics"]
     return {r.summary: summary_markdown(result), r.table: S.metrics_table_html(metrics, result.get("gap_to_retrain")),
-            r.chart: metrics_chart(metrics)}
+            r.chart: metrics_chart(metrics), r.losses: FG.loss_distribution_figure(result.get("loss_distribution") or {})}
 
 
 def reset(page, preset_name: str) -> dict:
     r = page.results
-    return {r.summary: "", r.table: EMPTY_RESULTS, r.chart: FG.empty_figure("Metrics chart: after a run", 380)}
+    return {r.summary: "", r.table: EMPTY_RESULTS, r.chart: FG.empty_figure("Metrics chart: after a run", 380),
+            r.losses: FG.empty_figure(LOSS_EMPTY, 300)}
 
 
 def summary_markdown(result: dict) -> str:
