@@ -140,6 +140,12 @@ def test_poisoned_on_a_clean_dataset_and_bad_counts():
         select_forget("poisoned:0%", a, 0)
 
 
+def test_parse_scenario_syntax_only():
+    p = parse_scenario("  backdoor:cf:Sci:Tech:12 ")  # a target may hold a colon; the count is the last part
+    assert (p.kind, p.trigger, p.target, p.n) == ("backdoor", "cf", "Sci:Tech", 12)
+    assert (parse_scenario("MISLABEL:3").kind, parse_scenario("mislabel:3").n) == ("mislabel", 3)
+
+
 def test_attack_success_rate():
     probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.3, 0.7]])
     assert attack_success_rate(probs, 1) == 0.5 and attack_success_rate(probs, 0) == 0.5
@@ -212,17 +218,19 @@ def test_asr_is_measured_on_triggered_non_target_test_examples(poisoned_ws):
                                              == sc.original_labels).mean())
 
 
-def test_unlearn_and_compare_report_scenario_metrics(poisoned_ws, tmp_path):
+def test_compare_reports_scenario_metrics(poisoned_ws, tmp_path):
+    from mape.baselines import BaselineConfig
     from mape.compare import CompareResult, compare
 
     # forget set "poisoned": the same retrained model as the retrain test (cached, trained once)
-    res = pipeline.unlearn(poisoned_ws, "poisoned", pipeline.UnlearnConfig(retrain=True, step=0.05))
-    out = res.to_json()
-    assert out["forget"]["scenario"] == SPEC and out["forget"]["altered"] == 20
-    for name in ("original", "unlearned", "retrain"):
-        assert {"asr", "forget_acc_true", "test_acc"} <= set(out["metrics"][name])
-    cmp = compare(poisoned_ws, "poisoned", ["mape"], seeds=[0], relearn_steps=0)
-    assert cmp.scenario == SPEC and {"asr", "forget_acc_true"} <= set(cmp.results["mape"])
+    cmp = compare(poisoned_ws, "poisoned", ["mape"], seeds=[0], relearn_steps=0,
+                  config=BaselineConfig(retain_sample=64))
+    assert cmp.scenario == SPEC and cmp.runs[0]["forget"]["scenario"] == SPEC
+    for name in ("original", "mape", "retrain"):
+        assert {"asr", "forget_acc_true"} <= set(cmp.results[name])
+    assert cmp.results["original"]["asr"]["mean"] == pipeline.evaluate_model(
+        poisoned_ws, poisoned_ws.task, select_forget("poisoned", poisoned_ws.dataset, 0),
+        poisoned_ws.retain_eval_indices(poisoned_ws.scenario.indices), 0)["asr"]
     md = cmp.markdown()
     assert f"scenario `{SPEC}`" in md and "| ASR |" in md and "Forget acc (true labels)" in md
     json_path, _ = cmp.save(tmp_path / "c.json")
@@ -256,6 +264,9 @@ def test_cli_prepare_and_unlearn_on_a_scenario(poisoned_ws, capsys, tmp_path):
     assert poisoned_ws.key in printed and "20 training examples altered" in printed
     out = tmp_path / "u.json"
     assert main(["unlearn", "--preset", "test-vit-mnist", "--train-limit", "300", "--device", "cpu",
-                 "--scenario", SPEC, "--forget", "poisoned", "--step", "0.05", "--quiet", "--out", str(out)]) == 0
+                 "--scenario", SPEC, "--forget", "poisoned", "--step", "0.05", "--retain-sample", "64", "--retrain", "--quiet",
+                 "--out", str(out)]) == 0
     data = json.loads(out.read_text())
-    assert data["forget"]["size"] == 20 and "asr" in data["metrics"]["unlearned"]
+    assert data["forget"]["size"] == 20 and data["forget"]["scenario"] == SPEC and data["forget"]["altered"] == 20
+    for name in ("original", "unlearned", "retrain"):
+        assert {"asr", "forget_acc_true", "test_acc"} <= set(data["metrics"][name])
