@@ -145,7 +145,13 @@ def test_target_reference_follows_the_forget_sets_class_mix(bbc_ws):
     sport = bbc_ws.dataset.classes.index("sport")
     forget = select_forget("class:sport:40", bbc_ws.dataset, 0)
     ref = unseen_loss_reference(bbc_ws, forget, seed=0)
-    assert set(np.round(ref, 12)) <= set(np.round(losses_of(probs, ys)[ys == sport], 12))
+    from mape.pipeline import retrained_prior_shift, shift_prior
+
+    delta = retrained_prior_shift(bbc_ws, forget)
+    assert delta[sport] < 0 and all(d > 0 for c, d in enumerate(delta) if c != sport)  # sport depleted
+    shifted = losses_of(shift_prior(probs, delta), ys)[ys == sport]
+    assert set(np.round(ref, 12)) <= set(np.round(shifted, 12))
+    assert np.median(ref) > np.median(losses_of(probs, ys)[ys == sport])  # less sure than the original
     target = forget_target(bbc_ws, forget, 0.9, 0.02, seed=0)
     assert target.reference_losses is not None and target.slack == 0.02
     whole = forget_target(bbc_ws, select_forget("class:sport", bbc_ws.dataset, 0), 0.9, 0.02)
