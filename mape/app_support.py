@@ -596,7 +596,9 @@ so that $D_f$ ends up looking the way it would to a model retrained without it, 
 tolerance. For a whole class that is accuracy 0 (a class the model never learned). For a random, partial-class or
 pattern set it is the accuracy **and the confidence** of examples the model never saw, of the same classes (the
 original's per-example losses on training examples a training limit left out, else on the test set, drawn in
-$D_f$'s class mix): the step is right when $P(\ell_f > \ell_{\text{unseen}}) \approx \tfrac12$. Accuracy alone is
+$D_f$'s class mix, with each class's log-probability moved by $\log\pi'_c - \log\pi_c$, the change of the class
+prior when $D_f$ leaves the training set: a model retrained without part of a class is less sure of that class):
+the step is right when $P(\ell_f > \ell_{\text{unseen}}) \approx \tfrac12$. Accuracy alone is
 not enough: on a set the model generalises to, accuracy is reached almost at once while the examples keep the
 near-certain confidence of training data — and that confidence is exactly what a membership attack reads.
 If one step cannot get there within the tolerance, up to four more steps follow, each from the point reached and
