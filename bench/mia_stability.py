@@ -2,7 +2,7 @@
 import json, sys
 import numpy as np
 from sklearn.linear_model import LogisticRegression
-from mape.pipeline import prepare, request_samples
+from mape.pipeline import prepare
 from mape.forget import select_forget
 from mape.metrics import mia_scores, example_losses
 

@@ -350,7 +350,6 @@ def scrub(task: TaskModel, forget: Encoded, retain: Encoded, evaluate, target: T
             p.requires_grad_(flag)
             p.grad = None
         model.train(was_training)
-        del teacher
     final = best[1]
     reached = target.reached(final.forget_acc, final.forget_losses) and target.feasible(final.retain_acc)
     return UpdateReport("scrub", chosen, True, trials, reached, mp.changed(), final=final)
