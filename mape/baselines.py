@@ -444,7 +444,8 @@ def run_method(ws, method: str | MethodSpec, forget: ForgetSet, seed: int = 0, c
                    "selected_filters": res.selection["selected_filters"], "swaps": res.selection["swaps"],
                    "params_selected": res.params["selected"], **res.memory}
         return MethodRun(spec.name, res.unlearned, res.timing["total_s"],
-                         count_changed(ws.task.model, res.unlearned.model), details, metrics=res.metrics["unlearned"])
+                         count_changed(ws.task.model, res.unlearned.model), details,
+                         metrics={**res.metrics["unlearned"], "_forget_losses": res.forget_losses.get("unlearned")})
 
     ctx = _context(ws, forget, seed, config, forgotten)
     task = base.clone()

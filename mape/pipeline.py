@@ -281,6 +281,7 @@ class RunResult:
     unlearned: TaskModel | None = field(default=None, repr=False)
     retrained: TaskModel | None = field(default=None, repr=False)
     selection_obj: Selection | None = field(default=None, repr=False)
+    forget_losses: dict = field(default_factory=dict, repr=False)  # {model: per-example forget losses}
     forget_set: ForgetSet | None = field(default=None, repr=False)
 
     def to_json(self) -> dict:
@@ -566,12 +567,14 @@ def unlearn(ws: Workspace, forget_spec: str | ForgetSet, config: UnlearnConfig |
     loss_hist = loss_histograms({**{k: m["_forget_losses"] for k, m in metrics.items()},
                                  "unseen": target.reference_losses if target.reference_losses is not None
                                  else unseen_loss_reference(ws, forget, config.seed)})
+    forget_losses = {name: m.pop("_forget_losses") for name, m in metrics.items()}  # metrics stay plain floats
     return RunResult(
         preset=ws.preset.name, forget={**forget.to_json()}, config=asdict(config), metrics=metrics,
         gap_to_retrain=gap, selection=sel.to_json(), timing=timing,
         params={"changed": report.params_changed, "selected": mp.count, "total": ws.total_params,
                 "changed_share": report.params_changed / ws.total_params},
         device=device_name(ws.device), update=report.to_json(), memory=memory, loss_distribution=loss_hist,
+        forget_losses=forget_losses,
         unlearned=task, retrained=retrained, selection_obj=sel, forget_set=forget)
 
 
