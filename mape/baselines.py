@@ -342,7 +342,7 @@ def scrub(task: TaskModel, forget: Encoded, retain: Encoded, evaluate, target: T
                 best, chosen = (mp.snapshot(), c), epoch
             if progress:
                 progress("scrub epochs", epoch / max_epochs)
-            if target.reached(c.forget_acc, c.forget_losses) or not target.feasible(c.retain_acc):
+            if target.settled(c):
                 break
         mp.load(best[0])
     finally:
@@ -351,8 +351,7 @@ def scrub(task: TaskModel, forget: Encoded, retain: Encoded, evaluate, target: T
             p.grad = None
         model.train(was_training)
     final = best[1]
-    reached = target.reached(final.forget_acc, final.forget_losses) and target.feasible(final.retain_acc)
-    return UpdateReport("scrub", chosen, True, trials, reached, mp.changed(), final=final)
+    return UpdateReport("scrub", chosen, True, trials, target.met(final), mp.changed(), final=final)
 
 
 # --------------------------------------------------------------------------- fine-tuning

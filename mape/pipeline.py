@@ -644,8 +644,7 @@ def _so_steps(task, mp: MaskedParams, mg, forget_enc: Encoded, retain_enc: Encod
                 target.miss(report.final.forget_acc, report.final.forget_losses) > \
                 FOLLOW_UP_STALL * target.miss(last.forget_acc, last.forget_losses) and target.feasible(last.retain_acc):
             here.set_offset(direction, 0.0)  # undo: this step did not bring D_f closer to the target
-            report.reached_target = target.reached(last.forget_acc, last.forget_losses) and \
-                target.feasible(last.retain_acc)
+            report.reached_target = target.met(last)
             report.final = last
             stopped = f"stalled: step {len(steps) + 1} did not bring the forget set closer to the target (undone)"
             break

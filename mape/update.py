@@ -104,6 +104,14 @@ class Target:
         sh = self.shift(losses)
         return fa < self.forget_acc - self.slack - 1e-9 or (sh is not None and sh > self.shift_slack + 1e-9)
 
+    def met(self, c: Check) -> bool:
+        """The check reaches the target within the retain tolerance."""
+        return self.reached(c.forget_acc, c.forget_losses) and self.feasible(c.retain_acc)
+
+    def settled(self, c: Check) -> bool:
+        """Nothing to gain from going further: the target is reached or retain accuracy is broken."""
+        return self.reached(c.forget_acc, c.forget_losses) or not self.feasible(c.retain_acc)
+
     def miss(self, fa: float, losses=None) -> float:
         """How far a check is from the target (0 = on target): accuracy and rank shift beyond their slacks."""
         sh = self.shift(losses)
@@ -229,14 +237,11 @@ def so_update(task: TaskModel, mp: MaskedParams, direction: dict, step, evaluate
             progress("step size", min(1.0, len(trials) / (len(SO_GRID) + 2)))
         return c
 
-    def done(c: Check) -> bool:
-        return target.reached(c.forget_acc, c.forget_losses) or not target.feasible(c.retain_acc)
-
     lo = 0.0
     hi = None
     for eta in SO_GRID:
         c = trial(eta)
-        if done(c):
+        if target.settled(c):
             hi = eta
             break
         lo = eta
@@ -252,16 +257,14 @@ def so_update(task: TaskModel, mp: MaskedParams, direction: dict, step, evaluate
     if hi is not None and lo > 0:
         for _ in range(2):  # log-space bisection: the last step short of the target, the first past it
             mid = math.sqrt(lo * hi)
-            if done(trial(mid)):
+            if target.settled(trial(mid)):
                 hi = mid
             else:
                 lo = mid
     i = min(range(len(trials)), key=lambda k: _closeness(checks[k], target, trials[k]["step"]))
     mp.set_offset(direction, trials[i]["step"])
     best = checks[i]
-    return UpdateReport("so", trials[i]["step"], True, trials,
-                        target.reached(best.forget_acc, best.forget_losses) and target.feasible(best.retain_acc),
-                        mp.changed(), final=best)
+    return UpdateReport("so", trials[i]["step"], True, trials, target.met(best), mp.changed(), final=best)
 
 
 def _cycle(enc: Encoded, batch_size: int, device, seed: int):
@@ -334,7 +337,7 @@ def iterative_update(task: TaskModel, rule: str, mp: MaskedParams, forget: Encod
                 trials.append({"step": i, **target.describe(c)})
                 if best is None or _closeness(c, target, i) < _closeness(best[1], target, chosen):
                     best, chosen = (mp.snapshot(), c), i
-                if target.reached(c.forget_acc, c.forget_losses) or not target.feasible(c.retain_acc):
+                if target.settled(c):
                     break
         if auto and best is not None:
             mp.load(best[0])
@@ -344,5 +347,5 @@ def iterative_update(task: TaskModel, rule: str, mp: MaskedParams, forget: Encod
             p.grad = None
         model.train(was_training)
     final = best[1] if best else None
-    reached = bool(best) and target.reached(final.forget_acc, final.forget_losses) and target.feasible(final.retain_acc)
+    reached = bool(best) and target.met(final)
     return UpdateReport(rule, chosen if auto else n_steps, auto, trials, reached, mp.changed(), final=final)
