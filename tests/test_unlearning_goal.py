@@ -1,6 +1,8 @@
 """Issue 14: the unlearning goal is what a retrained model shows on D_f (accuracy *and* loss distribution),
 the loss-distance metric, the stable membership attack and SCRUB."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -223,16 +225,22 @@ def test_follow_up_steps_never_outspend_a_zero_search_budget(bbc_ws):
 
 
 def test_scrub_changes_only_the_transformer_layers_and_moves_away_from_the_teacher_on_the_forget_set():
-    """SCRUB on a tiny ViT trained on 400 real MNIST digits (tests.test_baselines.tiny_workspace)."""
+    """SCRUB on a tiny ViT trained on 400 real MNIST digits (tests.test_baselines.tiny_workspace) that then
+    memorised the 32 forget digits (60 epochs on them alone: forget accuracy ≥ 0.9, mean loss ≈ 0.75 against
+    ≈ 1.7 before), so there is training-data confidence to remove. Without that step the tiny model is barely
+    better than chance on D_f and the change of the forget loss is noise of either sign (it failed on CI)."""
     from mape.baselines import _context, _evaluator, layer_params, scrub, BaselineConfig
     from mape.forget import select_forget
     from mape.pipeline import forget_target
-    from tests.test_baselines import tiny_workspace
+    from mape.train import train
+    from tests.test_baselines import TINY_RECIPE, tiny_workspace
 
     ws = tiny_workspace()
     forget = select_forget("random:32", ws.dataset, 0)
     ctx = _context(ws, forget, 0, BaselineConfig(retain_sample=128), forget.indices)
-    task, teacher = ws.task.clone(), ws.task
+    teacher = ws.task.clone()
+    train(teacher, ctx.forget_enc, dataclasses.replace(TINY_RECIPE, epochs=60))
+    task = teacher.clone()
     evaluate = _evaluator(task, ctx)
     c0 = evaluate()
     target = forget_target(ws, forget, c0.retain_acc, 0.05, 0)
@@ -250,7 +258,8 @@ def test_scrub_changes_only_the_transformer_layers_and_moves_away_from_the_teach
     kept, now = report.trials[report.step - 1], evaluate()
     assert (now.forget_acc, now.retain_acc) == (kept["forget_acc"], kept["retain_acc"])
     # the max pass on D_f: the forget examples lost the confidence of training data
-    assert np.mean(now.forget_losses) > np.mean(c0.forget_losses)
+    assert c0.forget_acc >= 0.9
+    assert np.mean(now.forget_losses) > np.mean(c0.forget_losses) + 0.02  # measured +0.14 to +0.16 over 3 seeds
     assert _kl(teacher, task, ctx.forget_enc) > 0
 
 
