@@ -102,7 +102,62 @@ def default_forget(modality: str, classes: list[str]) -> tuple[str, str]:
 def compose_spec(kind: str, value: str) -> str:
     kind = (kind or "").strip()
     value = "" if value is None else str(value).strip()
+    if kind == "poisoned" and value.lower() in ("", "all"):
+        return "poisoned"
     return value if not kind else f"{kind}:{value}"
+
+
+# --------------------------------------------------------------------------- scenarios (issue 15)
+
+#: the ready-made scenarios the app offers per preset (issue 15: about 2% of BBC's training texts, 80 digits)
+READY_SCENARIOS = {"minilm-bbc": ("backdoor:cf:sport:40", "mislabel:40"),
+                   "vit-mnist": ("backdoor:patch:0:80", "mislabel:80")}
+
+
+def scenario_specs(name: str, modality: str, classes: list[str], n_train: int) -> tuple[str, ...]:
+    """The scenarios offered for a preset: its ready-made ones, else a backdoor into its first class
+    (``sport`` where there is one) and a label-noise set, each about 2% of the training set."""
+    if name in READY_SCENARIOS:
+        return READY_SCENARIOS[name]
+    n = max(2, min(80 if modality == "image" else 40, n_train // 50))
+    target = "sport" if "sport" in classes else classes[0]
+    trigger = "patch" if modality == "image" else "cf"
+    return (f"backdoor:{trigger}:{target}:{n}", f"mislabel:{n}")
+
+
+def scenario_label(spec: str) -> str:
+    """A short name of a scenario spec for a dropdown; the spec itself when it does not parse."""
+    from mape.scenarios import parse_scenario
+
+    if not spec:
+        return "Clean training data"
+    try:
+        sc = parse_scenario(spec)
+    except MapeError:
+        return spec
+    if sc.kind == "mislabel":
+        return f"Mislabeled: {sc.n} training examples with a wrong label"
+    if sc.trigger == "patch":
+        return f"Backdoor: white corner patch → {sc.target}, {sc.n} poisoned images"
+    return f"Backdoor: the word '{sc.trigger}' → {sc.target}, {sc.n} poisoned texts"
+
+
+def scenario_explanation(spec: str) -> str:
+    """One line on what a scenario did to the training data and what to forget (Markdown)."""
+    from mape.scenarios import parse_scenario
+
+    if not spec:
+        return "The original model is trained on the preset's training data as it is."
+    sc = parse_scenario(spec)
+    if sc.kind == "mislabel":
+        return (f"{sc.n} seeded training examples were given a wrong label before the original was trained; it "
+                f"memorises them. Forget **poisoned** (the altered examples) and check their accuracy against the "
+                f"wrong and the true labels.")
+    what = ("a small white square in the bottom-right corner" if sc.trigger == "patch"
+            else f"the word **{sc.trigger}** at a random position")
+    return (f"A poisoned batch: {sc.n} training examples of other classes got {what} and the label "
+            f"**{sc.target}**, so the original obeys the trigger (a backdoor). Forget **poisoned** and watch the "
+            f"attack success rate (ASR) fall; test it in Predictions → Trigger tester.")
 
 
 # --------------------------------------------------------------------------- JSON
@@ -316,6 +371,11 @@ METRIC_COLUMNS = (("forget_acc", "Forget acc. (FA)", "accuracy on the forget set
                   ("test_forget_class_acc", "TA forgotten class", "test accuracy on the forgotten class"),
                   ("mia", "MIA efficacy", "share of the forget set a membership-inference attack calls 'not a member' "
                           "(mean over 16 resamples of the attack's training data)"),
+                  ("asr", "Attack success (ASR)", "backdoor: share of the test examples of the other classes, with the "
+                          "trigger added, predicted as the target class; should fall to the retrained model's "
+                          "(its false-trigger rate)"),
+                  ("forget_acc_true", "FA, true labels", "forget accuracy against the examples' true labels (poisoned "
+                                      "or mislabeled data): the retrained model's is what they look like unseen"),
                   ("loss_distance", "Loss distance (KS)", "Kolmogorov–Smirnov distance between the forget set's per-example "
                                     "losses under this model and under the retrained one: 0 = the forget set looks to "
                                     "this model exactly as to a model that never saw it"))

@@ -19,6 +19,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import numpy as np
 from safetensors.torch import load_file, save_file
 
 CODE_VERSION = 1  # bump when training code changes results
@@ -171,4 +172,45 @@ def load_model(kind: str, key: str, model) -> dict | None:
         return _read_entry(d, model)
     except Exception:
         shutil.rmtree(d, ignore_errors=True)
+        return None
+
+
+def model_checksum(kind: str, key: str) -> str | None:
+    """The recorded SHA-256 of an entry's weights (from its meta.json, not re-hashed); None if absent."""
+    try:
+        meta = json.loads((entry_dir(kind, key) / "meta.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return meta.get("sha256") if isinstance(meta, dict) else None
+
+
+def _arrays_path(kind: str, key: str) -> Path:
+    return cache_root() / kind / f"{key}.npz"
+
+
+def save_arrays(kind: str, key: str, arrays: dict) -> Path | None:
+    """Store NumPy arrays under ``<cache>/<kind>/<key>.npz`` (written aside, then renamed in: atomic).
+    A cache that cannot be written (read-only disk) is not an error: returns None."""
+    path = _arrays_path(kind, key)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{key}.", suffix=".npz", dir=path.parent)
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **{k: np.asarray(v) for k, v in arrays.items()})
+        os.replace(tmp, path)
+        return path
+    except OSError:
+        return None
+
+
+def load_arrays(kind: str, key: str) -> dict | None:
+    """Arrays stored by :func:`save_arrays`; None when missing or unreadable (a corrupt file is removed)."""
+    path = _arrays_path(kind, key)
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {k: data[k] for k in data.files}
+    except Exception:  # noqa: BLE001 - truncated / corrupt: rebuilt by the caller
+        path.unlink(missing_ok=True)
         return None

@@ -36,6 +36,8 @@ METRIC_LABELS = {
     "test_acc": "Test accuracy (TA)",
     "mia": "MIA efficacy",
     "loss_distance": "Loss distance to retrain (KS)",
+    "asr": "Attack success rate (ASR)",
+    "forget_acc_true": "Forget accuracy, true labels",
 }
 _PAD_TOKENS = frozenset({"[PAD]", "<pad>", "<PAD>"})
 _MAX_LISTED = 12

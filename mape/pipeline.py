@@ -173,6 +173,38 @@ class Workspace:
             self._test_probs = self.task.predict_proba(self.test_enc)
         return self._test_probs
 
+    def measure_original(self, use_cache: bool = False) -> bool:
+        """Compute the memoised original predictions every run's "original" row reads (the test split, the
+        fixed retain sample, the unused-training sample). ``use_cache``: read them from the disk cache when
+        they are there for these exact weights (the original's checksum), else compute and store them; the
+        app does this at start so that a first run does not wait for it. Returns whether they came from disk."""
+        key = self._probs_key() if use_cache else None
+        stored = cache.load_arrays("probs", key) if key else None
+        retain = self.retain_eval_indices(np.array([], dtype=np.int64))
+        if stored is not None and np.array_equal(stored["retain_idx"], retain) \
+                and stored["test"].shape == (len(self.test_y), len(self.dataset.classes)):
+            self._test_probs = stored["test"]
+            self._probs.update(zip(retain.tolist(), stored["retain"]))
+            if "unseen" in stored:
+                self._unseen = (stored["unseen"], stored["unseen_y"])
+            return True
+        arrays = {"test": self.original_test_probs(), "retain_idx": retain, "retain": self.original_train_probs(retain)}
+        unseen = self.original_unseen_probs()
+        if unseen is not None:
+            arrays.update(unseen=unseen[0], unseen_y=unseen[1])
+        if key:
+            cache.save_arrays("probs", key, arrays)
+        return False
+
+    def _probs_key(self) -> str | None:
+        """Key of the original's stored predictions: its weights' checksum, the data and the device type."""
+        checksum = cache.model_checksum("original", self.key)
+        if checksum is None:
+            return None
+        data = hashlib.sha256(self.test_y.tobytes() + self.train_y.tobytes()).hexdigest()[:16]
+        return cache.cache_key({"original": self.key, "weights": checksum, "data": data, "device": self.device.type,
+                                "retain_eval": RETAIN_EVAL_SIZE, "unseen_eval": UNSEEN_EVAL_SIZE})
+
     def retain_eval_indices(self, forgotten: np.ndarray) -> np.ndarray:
         """The fixed retain sample (seed 1234) with the forgotten examples left out."""
         rng = np.random.default_rng(1234)
@@ -189,15 +221,40 @@ def _model_key(preset: Preset, dataset, train_limit) -> dict:
             "n_train": len(y), "labels": fingerprint, "train_limit": train_limit}
 
 
-def _train_or_load(kind: str, key: str, build: Callable[[], TaskModel], data: Encoded, preset: Preset,
-                   device, progress: Progress | None, stage: str, meta: dict) -> tuple[TaskModel, float, bool]:
+def training_data(preset: Preset, dataset, scenario: str | None):
+    """The preset's dataset with the scenario's alterations applied to the training split (unchanged
+    without a scenario). Bad scenario specs raise :class:`MapeError`."""
+    if scenario is None:
+        return dataset
+    from mape.scenarios import parse_scenario, scenario_dataset
+
+    parsed = parse_scenario(scenario)
+    if preset.finetuned:
+        raise MapeError(f"Preset '{preset.name}' uses a published fine-tuned model, which cannot be trained "
+                        f"on altered data; use an embedded or local preset with --scenario.")
+    return scenario_dataset(parsed, dataset, text_window=preset.max_length // 2)
+
+
+def original_cache_spec(preset: Preset, dataset, train_limit) -> dict:
+    """What the original model's cache key is made of (a scenario's alterations included)."""
+    spec = _model_key(preset, dataset, train_limit)
+    if getattr(dataset, "scenario", None) is not None:
+        spec["scenario"] = dataset.scenario.cache_spec()
+    return spec
+
+
+def _train_or_load(kind: str, key: str, build: Callable[[], TaskModel], data: Encoded | Callable[[TaskModel], Encoded],
+                   preset: Preset, device, progress: Progress | None, stage: str, meta: dict
+                   ) -> tuple[TaskModel, float, bool]:
     """Load a cached model, or train and cache it. Returns (model, training seconds, from cache); for a
-    cached model the seconds are those recorded when it was trained."""
+    cached model the seconds are those recorded when it was trained. ``data``: the training data, or a
+    function of the model that encodes it (called only when there is training to do)."""
     task = build()
     cached = cache.load_model(kind, key, task.model)
     if cached is not None:
         return task.to(device), float(cached.get("train_s", float("nan"))), True
     task = build().to(device)  # fresh start (a failed load may have half-filled the first one)
+    data = data(task) if callable(data) else data
     t0 = time.perf_counter()
     train(task, data, preset.recipe, progress=progress, stage=stage)
     seconds = time.perf_counter() - t0
@@ -213,9 +270,10 @@ def prepare(preset_name: str = "minilm-bbc", data_dir: str | None = None, train_
     ``scenario`` (mape.scenarios: ``backdoor:TRIGGER:TARGET:N``, ``backdoor:patch:TARGET:N``,
     ``mislabel:N``) alters the training split first; the original is trained on the altered set and
     cached under its own key."""
-    from mape.scenarios import parse_scenario
+    if scenario is not None:  # a bad spec fails before any data is loaded
+        from mape.scenarios import parse_scenario
 
-    parsed_scenario = parse_scenario(scenario) if scenario is not None else None
+        parse_scenario(scenario)
     dev = resolve_device(device)
     preset = custom_preset(model, data_dir) if model else get_preset(preset_name)
     ok, why = preset.availability(data_dir)
@@ -223,27 +281,16 @@ def prepare(preset_name: str = "minilm-bbc", data_dir: str | None = None, train_
         raise MapeError(f"Preset '{preset.name}' cannot run here: {why}.")
     if train_limit is not None and train_limit < 2:
         raise MapeError("--train-limit must be at least 2.")
-    dataset = load_dataset_for(preset, data_dir, train_limit)
-    if parsed_scenario is not None:
-        from mape.scenarios import scenario_dataset
-
-        if preset.finetuned:
-            raise MapeError(f"Preset '{preset.name}' uses a published fine-tuned model, which cannot be trained "
-                            f"on altered data; use an embedded or local preset with --scenario.")
-        dataset = scenario_dataset(parsed_scenario, dataset, text_window=preset.max_length // 2)
+    dataset = training_data(preset, load_dataset_for(preset, data_dir, train_limit), scenario)
     classes = dataset.classes
-    spec = _model_key(preset, dataset, train_limit)
-    if dataset.scenario is not None:
-        spec["scenario"] = dataset.scenario.cache_spec()
+    spec = original_cache_spec(preset, dataset, train_limit)
     key = cache.cache_key(spec)
     if preset.finetuned:
         task = build_start_model(preset, classes, finetuned=True).to(dev)
     else:
         builder = lambda: build_start_model(preset, classes)  # noqa: E731
-        probe = builder()
-        enc = probe.encode(dataset.train)
-        task, _, _ = _train_or_load("original", key, builder, enc, preset, dev, progress,
-                                 "training the original model", spec)
+        task, _, _ = _train_or_load("original", key, builder, lambda t: t.encode(dataset.train), preset, dev,
+                                    progress, "training the original model", spec)
     if progress:
         progress("original model ready", 1.0)
     return Workspace(preset, dataset, task, dev, key, train_limit)
@@ -277,6 +324,7 @@ class RunResult:
     memory: dict = field(default_factory=dict)
     history: list = field(default_factory=list)
     loss_distribution: dict = field(default_factory=dict)  # forget losses per model + unseen (loss_histograms)
+    scenario: dict | None = None  # the training data's scenario (mape.scenarios.Scenario.to_json); None: clean
     # not serialised: objects the app uses for predictions, attributions and downloads
     unlearned: TaskModel | None = field(default=None, repr=False)
     retrained: TaskModel | None = field(default=None, repr=False)
@@ -286,10 +334,11 @@ class RunResult:
 
     def to_json(self) -> dict:
         keys = ("preset", "forget", "config", "metrics", "gap_to_retrain", "selection", "timing", "params",
-                "device", "update", "memory", "history", "loss_distribution")
+                "device", "update", "memory", "history", "loss_distribution", "scenario")
         out = {k: getattr(self, k) for k in keys}
-        if out["gap_to_retrain"] is None:
-            del out["gap_to_retrain"]
+        for k in ("gap_to_retrain", "scenario"):
+            if out[k] is None:
+                del out[k]
         return json_safe(out)
 
 
@@ -575,6 +624,7 @@ def unlearn(ws: Workspace, forget_spec: str | ForgetSet, config: UnlearnConfig |
                 "changed_share": report.params_changed / ws.total_params},
         device=device_name(ws.device), update=report.to_json(), memory=memory, loss_distribution=loss_hist,
         forget_losses=forget_losses,
+        scenario=ws.scenario.to_json() if getattr(ws, "scenario", None) is not None else None,
         unlearned=task, retrained=retrained, selection_obj=sel, forget_set=forget)
 
 

@@ -383,7 +383,8 @@ def check_forget_specs(specs: list[str], scenario: str | None) -> None:
         return
     for spec in specs:
         if isinstance(spec, str) and spec.strip().partition(":")[0].strip().lower() == "poisoned":
-            raise MapeError(f"Forget spec {_show(spec.strip())} needs a scenario: add --scenario "
+            raise MapeError(f"Forget spec {_show(spec.strip())} needs a scenario (--scenario on the CLI; in the "
+                            f"app the Training data choice or the API's scenario argument): "
                             f"backdoor:TRIGGER:TARGET:N, backdoor:patch:TARGET:N or mislabel:N.")
 
 

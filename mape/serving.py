@@ -132,8 +132,25 @@ _UNLEARNED: "OrderedDict[str, SharedModel]" = OrderedDict()
 MAX_RETRAINED, MAX_UNLEARNED = 2, 4
 
 
+SCENARIO_SEP = "@"
+
+
+def served_name(preset: str, scenario: str | None = None) -> str:
+    """The name the app serves a preset under: ``preset`` with clean data, ``preset@SCENARIO`` with a
+    scenario (mape.scenarios) applied to its training data: its own dataset, original and references."""
+    scenario = (scenario or "").strip()
+    return f"{preset}{SCENARIO_SEP}{scenario}" if scenario else preset
+
+
+def split_name(name: str) -> tuple[str, str | None]:
+    """(preset, scenario or None) of a served name."""
+    preset, _, scenario = name.partition(SCENARIO_SEP)
+    return preset, (scenario or None)
+
+
 def _key(name: str) -> tuple:
-    return name, S.train_limit_for(name, ON_GPU)
+    preset, scenario = split_name(name)
+    return preset, S.train_limit_for(preset, ON_GPU), scenario
 
 
 def is_ready(name: str) -> bool:
@@ -146,7 +163,9 @@ def preparing(name: str) -> tuple[str, float] | None:
 
 
 def dataset(name: str):
-    """The preset's dataset (train subset as the app trains it; plain data, no model), loaded once."""
+    """The preset's dataset (train subset as the app trains it, altered by the served name's scenario;
+    plain data, no model), loaded once."""
+    from mape.pipeline import training_data
     from mape.presets import get_preset, load_dataset_for
 
     key = _key(name)
@@ -157,11 +176,11 @@ def dataset(name: str):
         lock = _PREP_LOCKS.setdefault(("data",) + key, threading.Lock())
     with lock:
         if key not in _DATASETS:
-            preset = get_preset(name)
+            preset = get_preset(key[0])
             ok, why = preset.availability()
             if not ok:
-                raise MapeError(f"Preset '{name}' cannot run here: {why}.")
-            _DATASETS[key] = load_dataset_for(preset, None, key[1])
+                raise MapeError(f"Preset '{key[0]}' cannot run here: {why}.")
+            _DATASETS[key] = training_data(preset, load_dataset_for(preset, None, key[1]), key[2])
         return _DATASETS[key]
 
 
@@ -196,13 +215,12 @@ def _prepare(name: str, key: tuple, progress: Callable | None) -> _Served:
             progress(stage, frac)
 
     prog("loading data and model", 0.0)
-    ws = prepare(name, train_limit=key[1], device="cpu" if ZERO_GPU else "auto", progress=prog)
+    ws = prepare(key[0], train_limit=key[1], device="cpu" if ZERO_GPU else "auto", progress=prog, scenario=key[2])
     # the original's predictions on the test set, the fixed retain sample and the unused training
-    # examples are memoised by the Workspace: computing them now makes every run's "original" row instant
+    # examples are memoised by the Workspace: having them now makes every run's "original" row instant;
+    # they are stored next to the original in the disk cache, so a restarted app reads them back
     prog("measuring the original model (once)", 0.5)
-    ws.original_test_probs()
-    ws.original_train_probs(ws.retain_eval_indices(np.array([], dtype=np.int64)))
-    ws.original_unseen_probs()
+    ws.measure_original(use_cache=True)
     return _Served(ws, SharedModel(ws.task))
 
 
@@ -227,7 +245,8 @@ def warm_in_background(name: str) -> threading.Thread:
 def info(name: str, served: _Served | None = None) -> dict:
     ws = (served or _served(name)).ws
     a = ws.task.adapter
-    return {"preset": ws.preset.name, "n_train": len(ws.dataset.train), "n_test": len(ws.dataset.test),
+    return {"preset": ws.preset.name, "name": name, "scenario": split_name(name)[1],
+            "n_train": len(ws.dataset.train), "n_test": len(ws.dataset.test),
             "params": ws.total_params, "layers": a.num_layers, "heads": a.num_heads, "filters": a.num_filters,
             "classes": list(ws.dataset.classes), "device": str(ws.device), "train_limit": ws.train_limit,
             "modality": ws.task.modality}
@@ -236,17 +255,17 @@ def info(name: str, served: _Served | None = None) -> dict:
 def cached_on_disk(name: str) -> bool | None:
     """Whether the preset's original model is in the disk cache (None: not applicable / unknown)."""
     from mape import cache
-    from mape.pipeline import _model_key
+    from mape.pipeline import original_cache_spec
     from mape.presets import get_preset
 
-    preset = get_preset(name)
+    preset = get_preset(split_name(name)[0])
     if preset.finetuned:
         return None
     try:
         ds = dataset(name)
     except MapeError:
         return None
-    return cache.has_model("original", cache.cache_key(_model_key(preset, ds, _key(name)[1])))
+    return cache.has_model("original", cache.cache_key(original_cache_spec(preset, ds, _key(name)[1])))
 
 
 def image_format(name: str):
@@ -409,7 +428,7 @@ def run(preset: str, spec: str, cfg: dict, live: bool = False) -> Iterator[tuple
 
         res = unlearn(view, spec, UnlearnConfig(**cfg), progress)
         emit(("progress", "predictions before/after", 0.5))
-        return _finish_run(view, res, live)
+        return _finish_run(view, res, live, preset)
 
     yield from _stream(work)
 
@@ -432,7 +451,7 @@ def _predict_split(task, view, group: str, idx: np.ndarray) -> np.ndarray:
     return task.predict_proba((view.full_test_enc if group == "test" else view.train_enc).take(idx))
 
 
-def _finish_run(view, res, live: bool) -> dict:
+def _finish_run(view, res, live: bool, name: str) -> dict:
     """Everything a session keeps of a run, as CPU/NumPy data."""
     forget, sel = res.forget_set, res.selection_obj
     ds = view.dataset
@@ -445,7 +464,7 @@ def _finish_run(view, res, live: bool) -> dict:
                                 "note": f"seeded samples of {LIVE_EVAL_SAMPLE} retain and test examples (the "
                                         "CLI, the API and Compare methods measure the full splits)"}
     return {
-        "preset": view.preset.name, "result": result, "run_key": uuid.uuid4().hex,
+        "preset": name, "result": result, "run_key": uuid.uuid4().hex,
         "delta": S.extract_delta(view.task.model, res.unlearned.model),
         "heads": np.asarray(sel.heads, dtype=bool), "filters": np.asarray(sel.filters, dtype=bool),
         "head_scores": np.asarray(sel.head_scores, dtype=np.float32),
@@ -494,6 +513,31 @@ def _encode_one(served: _Served, x):
 def predict(preset: str, run: dict | None, x) -> dict[str, np.ndarray]:
     """Class probabilities of one input under the original, the run's unlearned and (cached) retrained
     model. ``run``: {"run_key", "delta", "forget_indices" (None: no retrain reference)} or None."""
+    return _predict_models(preset, run, x)
+
+
+@gpu(duration=60)
+def trigger_test(name: str, run: dict | None, x) -> dict:
+    """The backdoor trigger tester: one input without and with the served scenario's trigger (the word
+    at a seeded position inside the text window the model reads, or the white corner patch), each
+    under the original, the run's unlearned and the cached retrained model (see :func:`predict`).
+    Returns {"clean": input, "triggered": input with the trigger, "probs": {"clean"|"triggered":
+    {model: probabilities}}, "trigger", "target"}."""
+    from mape.scenarios import add_trigger
+
+    scenario = _served(name).ws.scenario
+    if scenario is None or not scenario.is_backdoor:
+        raise MapeError("The trigger tester needs a backdoor scenario (Model & data → Training data).")
+    if scenario.is_patch:
+        image = np.asarray(x)
+        triggered = add_trigger(image[None], scenario)[0]
+    else:
+        triggered = add_trigger([str(x)], scenario)[0]
+    return {"clean": x, "triggered": triggered, "trigger": scenario.trigger, "target": scenario.target_name,
+            "probs": {"clean": _predict_models(name, run, x), "triggered": _predict_models(name, run, triggered)}}
+
+
+def _predict_models(preset: str, run: dict | None, x) -> dict[str, np.ndarray]:
     served = _served(preset)
     enc = _encode_one(served, x)
     out = {"original": served.original.predict(enc)[0]}
@@ -571,6 +615,11 @@ def export(preset: str, delta: dict, folder: str, meta: dict) -> str:
 
 
 # --------------------------------------------------------------------------- read-only data for the page
+
+
+def scenario_of(name: str):
+    """The served name's resolved scenario (mape.scenarios.Scenario: plain data) or None (clean data)."""
+    return getattr(dataset(name), "scenario", None)
 
 
 def split_example(name: str, group: str, idx: int):

@@ -376,3 +376,50 @@ def test_switch_preset_and_run_at_once(page):
     assert "`class:3`" in page.inner_text("#run-summary") or "class:3" in page.inner_text("#run-summary")
     assert "class:3" in page.inner_text("#forget-counts")
     assert textbox(page, "forget-value").input_value() == "3"
+
+
+def test_backdoor_scenario_preview_run_and_trigger_tester(page):
+    """Issue 15 in the app: choose a backdoor scenario in Model & data; the forget selector becomes
+    ``poisoned`` and the preview marks the altered examples; Run forgets them on the poisoned original and
+    the metrics show the attack success rate; the trigger tester shows an input without and with the
+    trigger under the original and the unlearned model."""
+    from mape import app_support as S
+    from mape import serving
+
+    preset = PRESETS[0]
+    classes = list(serving.dataset(preset).classes)
+    spec = S.scenario_specs(preset, "text", classes, len(serving.dataset(preset).train))[0]
+    assert spec.startswith("backdoor:")
+    assert page.locator("#trigger-tester").count() == 0 or not page.locator("#trigger-tester").is_visible()
+    page.click("#scenario input")
+    page.get_by_role("option", name=S.scenario_label(spec)).click()
+    wait_until(lambda: "poisoned" in page.inner_text("#forget-counts") and "⚠" in page.inner_text("#forget-counts"),
+               120, "the preview of the poisoned examples")
+    assert "(altered; true class" in page.inner_text("#forget-preview-table")
+    assert "backdoor" in page.inner_text("#scenario-description").lower()
+    wait_until(lambda: page.locator("#trigger-tester").is_visible(), 30, "the trigger tester")
+    run_and_wait(page)
+    status = status_text(page)
+    assert f"[{spec}]" in status and "poisoned" in status, status
+    assert "Attack success" in page.inner_text("#metrics-table")
+    nums = page.locator("#metrics-table .mape-row-unlearned .mape-num").all_inner_texts()
+    assert len(nums) >= 6 and all(PCT.match(n.strip()) for n in nums), nums  # FA RA TA MIA ASR FA-true (+ KS)
+    trigger = spec.split(":")[1]
+    for button, prepare, on in (("#trigger-test-btn", None, "On test example #"),
+                                ("#trigger-btn", lambda: textbox(page, "custom-text").fill("Shares fell after the loss."),
+                                 "On your input")):
+        if prepare:
+            prepare()
+        page.click(button)
+        out = wait_until(lambda o=on: (lambda h: h if o in h and "processing" not in page.inner_text("#trigger-results")
+                                       and ("mape-dist" in h or "mape-error" in h) else None)(
+            page.inner_html("#trigger-results")), 120, "the trigger tester's answer")
+        assert "mape-error" not in out and out.count("mape-dist") >= 4, out  # 2 inputs × original, unlearned
+        text = page.inner_text("#trigger-results")
+        assert "Without the trigger" in text and f"With the word '{trigger}'" in text, text
+    assert "Shares fell after the loss." in page.inner_text("#trigger-results")
+    # back to clean data: the tester hides and the selector leaves "poisoned"
+    page.click("#scenario input")
+    page.get_by_role("option", name="Clean training data").click()
+    wait_until(lambda: not page.locator("#trigger-tester").is_visible(), 30, "the tester to hide")
+    wait_until(lambda: "poisoned" not in page.inner_text("#forget-counts"), 60, "the clean preview")

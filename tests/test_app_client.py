@@ -83,9 +83,10 @@ def test_api_lists_only_unlearn_and_compare(server):
     info = Client(server, verbose=False).view_api(print_info=False, return_format="dict")
     assert sorted(info["named_endpoints"]) == ["/compare", "/unlearn"]
     params = [p["parameter_name"] for p in info["named_endpoints"]["/unlearn"]["parameters"]]
-    assert params == ["preset", "forget", "objective", "sparsity", "update", "seed", "retrain"]
+    # issue 15 appended "scenario": calls that pass the older arguments by position keep working
+    assert params == ["preset", "forget", "objective", "sparsity", "update", "seed", "retrain", "scenario"]
     params = [p["parameter_name"] for p in info["named_endpoints"]["/compare"]["parameters"]]
-    assert params == ["preset", "forget", "methods", "seeds", "sparsity", "relearn_steps"]
+    assert params == ["preset", "forget", "methods", "seeds", "sparsity", "relearn_steps", "scenario"]
 
 
 def test_unlearn_endpoint_text(server):
@@ -108,6 +109,25 @@ def test_unlearn_endpoint_image_with_retrain(server):
     assert set(res["metrics"]) == {"original", "unlearned", "retrain"}
     assert set(res["gap_to_retrain"]) == {"original", "unlearned"}
     assert "test_forget_class_acc" in res["metrics"]["unlearned"]
+
+
+def test_unlearn_endpoint_on_a_mislabel_scenario(server):
+    """The appended ``scenario`` argument: the original trained on 8 mislabeled texts, forget ``poisoned``."""
+    from gradio_client import Client
+
+    res = Client(server, verbose=False).predict("tiny-bbc", "poisoned", "mlr", 0.9, "so", 0, False, "mislabel:8",
+                                                api_name="/unlearn")
+    assert res["scenario"]["spec"] == "mislabel:8" and res["forget"]["size"] == 8
+    assert sorted(res["forget"]["indices"]) == sorted(res["scenario"]["indices"])
+    assert {"forget_acc", "forget_acc_true"} <= set(res["metrics"]["unlearned"])
+    assert "asr" not in res["metrics"]["unlearned"]  # no trigger in label noise
+
+
+def test_unlearn_endpoint_poisoned_needs_a_scenario(server):
+    from gradio_client import Client
+
+    with pytest.raises(Exception, match="needs a scenario"):
+        Client(server, verbose=False).predict("tiny-bbc", "poisoned", api_name="/unlearn")
 
 
 def test_compare_endpoint_against_retrain(server):

@@ -181,7 +181,7 @@ def test_zero_gpu_wraps_the_engine_and_touches_cuda_only_inside(monkeypatch):
     spec.loader.exec_module(zg)  # a second, isolated instance of the module, imported under ZeroGPU
 
     assert zg.ZERO_GPU and zg.ON_GPU and zg.spaces is stub
-    assert {name for name, _ in stub.wrapped} == {"run", "compare", "predict", "explain", "export"}
+    assert {name for name, _ in stub.wrapped} == {"run", "compare", "predict", "explain", "export", "trigger_test"}
     assert guard.calls == []  # importing touched no CUDA
     run = None
     for event in zg.run(PRESET, "random:6", {"seed": 0, "retain_sample": 32}, live=True):
@@ -223,3 +223,88 @@ def test_app_shape_one_owner_of_the_models_and_small_sections():
     for path in ui_files:
         text = path.read_text()
         assert "import torch" not in text and "serving._" not in text, path.name
+
+
+# --------------------------------------------------------------------------- scenarios (issue 15)
+
+
+def test_a_scenario_is_served_under_its_own_name_with_its_own_data_and_original(serving):
+    """``tiny-bbc@backdoor:cf:sport:8``: its own altered dataset and original model (cached under its own
+    key), a run on ``poisoned`` records the scenario and its ASR, and the trigger tester puts the word into
+    the input and predicts both with all models; the clean preset's original is untouched."""
+    from mape.scenarios import parse_scenario
+
+    name = serving.served_name(PRESET, "backdoor:cf:sport:8")
+    assert serving.split_name(name) == (PRESET, "backdoor:cf:sport:8")
+    assert serving.served_name(PRESET, "  ") == PRESET and serving.split_name(PRESET) == (PRESET, None)
+    clean_ds, ds = serving.dataset(PRESET), serving.dataset(name)
+    sc = serving.scenario_of(name)
+    assert serving.scenario_of(PRESET) is None and sc.spec == parse_scenario("backdoor:cf:sport:8").spec
+    assert sc.size == 8 and all(ds.classes[int(ds.train.y[i])] == "sport" for i in sc.indices)
+    assert all(" cf " in f" {ds.train.x[i]} " and ds.train.x[i] != clean_ds.train.x[i] for i in sc.indices)
+    clean_before = serving.original_weights(PRESET)
+    serving.prepare_preset(name)
+    assert serving.info(name)["scenario"] == "backdoor:cf:sport:8"
+    assert serving._served(name).ws.key != serving._served(PRESET).ws.key
+
+    events = list(serving.run(name, "poisoned", {"seed": 0, "retain_sample": 64}, live=True))
+    assert events[-1][0] == "done", events[-1]
+    run = events[-1][1]
+    res = run["result"]
+    assert run["preset"] == name and res["preset"] == PRESET
+    assert res["scenario"]["spec"] == "backdoor:cf:sport:8" and sorted(res["forget"]["indices"]) == sorted(
+        int(i) for i in sc.indices)
+    assert {"asr", "forget_acc_true"} <= set(res["metrics"]["original"]) and "asr" in res["metrics"]["unlearned"]
+
+    text = "Shares fell sharply after the bank reported a loss."
+    models = {"run_key": run["run_key"], "delta": run["delta"], "forget_indices": None}
+    out = serving.trigger_test(name, models, text)
+    assert out["clean"] == text and out["triggered"].split().count("cf") == 1
+    assert [w for w in out["triggered"].split() if w != "cf"] == text.split()  # the word inserted, nothing else
+    assert out["target"] == "sport" and out["trigger"] == "cf"
+    for key in ("clean", "triggered"):
+        assert set(out["probs"][key]) == {"original", "unlearned"}
+        assert all(abs(float(np.sum(p)) - 1) < 1e-4 for p in out["probs"][key].values())
+    # the same input predicted directly: the tester's numbers are the models' own
+    direct = serving.predict(name, models, out["triggered"])
+    for m in ("original", "unlearned"):
+        np.testing.assert_allclose(direct[m], out["probs"]["triggered"][m], rtol=1e-5, atol=1e-6)
+    from mape.errors import MapeError
+
+    with pytest.raises(MapeError, match="backdoor scenario"):
+        serving.trigger_test(PRESET, None, text)
+    after = serving.original_weights(PRESET)
+    assert all(np.array_equal(clean_before[k], after[k]) for k in clean_before)
+
+
+def test_the_originals_predictions_are_stored_once_and_read_back_by_a_restarted_app(serving):
+    """Issue 16: the warm-up stores the original's predictions (test split, fixed retain sample) in the
+    disk cache; a fresh workspace reads the same numbers back instead of predicting; a corrupt file is
+    recomputed and replaced, never loaded."""
+    import copy
+
+    from mape import cache
+
+    ws = serving._served(PRESET).ws
+    key = ws._probs_key()
+    assert key is not None and cache.load_arrays("probs", key) is not None  # stored by the warm-up
+
+    def fresh():
+        view = copy.copy(ws)
+        view._probs, view._test_probs, view._unseen = {}, None, None
+        return view
+
+    retain = ws.retain_eval_indices(np.array([], dtype=np.int64))
+    expected_test = ws.task.predict_proba(ws.test_enc)
+    expected_retain = ws.task.predict_proba(ws.train_enc.take(retain))
+    view = fresh()
+    assert view.measure_original(use_cache=True) is True
+    np.testing.assert_allclose(view._test_probs, expected_test, atol=1e-6)
+    np.testing.assert_allclose(np.stack([view._probs[int(i)] for i in retain]), expected_retain, atol=1e-6)
+
+    path = cache._arrays_path("probs", key)
+    path.write_bytes(b"not an npz file")
+    view = fresh()
+    assert view.measure_original(use_cache=True) is False  # recomputed
+    np.testing.assert_allclose(view.original_test_probs(), expected_test, atol=1e-6)
+    assert cache.load_arrays("probs", key) is not None  # and stored again, readable

@@ -38,7 +38,8 @@ def make_api_unlearn(allowed: list[str]):
     """The ``/unlearn`` endpoint for the presets this app offers."""
 
     def unlearn(preset: str = DEFAULT_PRESET, forget: str = "random:32", objective: str = "mlr",
-                sparsity: float = 0.9, update: str = "so", seed: int = 0, retrain: bool = False) -> dict:
+                sparsity: float = 0.9, update: str = "so", seed: int = 0, retrain: bool = False,
+                scenario: str = "") -> dict:
         """Run MAPE unlearning on a preset and return the results JSON.
 
         Args:
@@ -49,8 +50,10 @@ def make_api_unlearn(allowed: list[str]):
             update: so | ga | gd | rl | npo.
             seed: random seed.
             retrain: also retrain without the forget set (gold standard; slow on a CPU).
+            scenario: training-data scenario ("" = clean): backdoor:WORD:CLASS:N, backdoor:patch:CLASS:N or
+                mislabel:N; its original is trained on first use; forget "poisoned" removes the altered examples.
         """
-        return api_unlearn(preset, forget, objective, sparsity, update, seed, retrain, allowed)
+        return api_unlearn(preset, forget, objective, sparsity, update, seed, retrain, allowed, scenario)
 
     return unlearn
 
@@ -59,7 +62,7 @@ def make_api_compare(allowed: list[str]):
     """The ``/compare`` endpoint for the presets this app offers."""
 
     def compare(preset: str = DEFAULT_PRESET, forget: str = "random:32", methods: str = ",".join(cmp.DEFAULT),
-                seeds: str = "0", sparsity: float = 0.9, relearn_steps: int = 0) -> dict:
+                seeds: str = "0", sparsity: float = 0.9, relearn_steps: int = 0, scenario: str = "") -> dict:
         """Compare unlearning methods against a retrained model and return the comparison JSON.
 
         Args:
@@ -69,12 +72,14 @@ def make_api_compare(allowed: list[str]):
             seeds: comma-separated seeds, e.g. 0,1,2.
             sparsity: fraction of units frozen by the MAPE variants, in (0, 1).
             relearn_steps: fine-tuning steps on the forget set for the relearn test (0: none).
+            scenario: training-data scenario ("" = clean), as for /unlearn.
         """
+        name = serving.served_name(preset, scenario)
         try:
-            req = cmp.request(preset, forget, methods, seeds, relearn_steps, sparsity, _retain_sample(), 0.02, allowed)
+            req = cmp.request(name, forget, methods, seeds, relearn_steps, sparsity, _retain_sample(), 0.02, allowed)
         except MapeError as exc:
             raise gr.Error(str(exc), print_exception=False) from None
-        return outcome(serving.compare(preset, forget, req), "comparison").to_json()
+        return outcome(serving.compare(name, forget, req), "comparison").to_json()
 
     return compare
 
@@ -119,16 +124,18 @@ def make_api_explain(allowed: list[str]):
 
 
 def api_unlearn(preset: str, forget: str, objective: str = "mlr", sparsity: float = 0.9, update: str = "so",
-                seed: int = 0, retrain: bool = False, allowed: list[str] | None = None) -> dict:
+                seed: int = 0, retrain: bool = False, allowed: list[str] | None = None, scenario: str = "") -> dict:
     """One unlearning request without the UI: validate (gr.Error with a clear message), run, return the
-    results JSON (``RunResult.to_json()``, strict JSON; full test split and 1,000 retain examples)."""
+    results JSON (``RunResult.to_json()``, strict JSON; full test split and 1,000 retain examples).
+    ``scenario``: the training-data scenario ("" = clean data)."""
     allowed = allowed or S.app_preset_names()
+    name = serving.served_name(preset, scenario)
     try:
         cfg = method.config(objective, sparsity, update, "auto", seed, retrain, _retain_sample(), 1)
-        method.validate_request(preset, forget, cfg, allowed)
+        method.validate_request(name, forget, cfg, allowed)
     except MapeError as exc:
         raise gr.Error(str(exc), print_exception=False) from None
-    return outcome(serving.run(preset, forget, cfg), "run")["result"]
+    return outcome(serving.run(name, forget, cfg), "run")["result"]
 
 
 def outcome(events, what: str):

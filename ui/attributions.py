@@ -60,9 +60,9 @@ def show(page, options: list) -> dict:
 
 
 def reset(page, preset_name: str) -> dict:
-    from mape.presets import PRESETS
+    from ui.common import preset_of
 
-    A, modality = page.attributions, PRESETS[preset_name].modality
+    A, modality = page.attributions, preset_of(preset_name).modality
     return {A.choice: gr.Dropdown(choices=[], value=None), A.text: gr.HTML(EMPTY_RESULTS, visible=modality == "text"),
             A.plot: gr.Plot(FG.empty_figure("Pixel attributions: after a run", 340), visible=modality == "image")}
 

@@ -51,9 +51,20 @@ def new_page(ctx: Context) -> SimpleNamespace:
     return SimpleNamespace(ctx=ctx)
 
 
+def preset_of(name: str):
+    """The Preset of a served name (``preset`` or ``preset@scenario``, see mape.serving.served_name)."""
+    return PRESETS[serving.split_name(name)[0]]
+
+
+def title_of(name: str) -> str:
+    """The preset's title, with the scenario of a served name: 'MiniLM · BBC News … [backdoor:cf:sport:40]'."""
+    scenario = serving.split_name(name)[1]
+    return preset_of(name).title + (f" [{scenario}]" if scenario else "")
+
+
 def classes_of(name: str) -> tuple[list[str], str]:
     """Class names and modality of a preset (from its dataset; hub presets: no download)."""
-    p = PRESETS[name]
+    p = preset_of(name)
     if p.kind == "hub" and not serving.is_ready(name):
         return (["0", "1", "2", "3"] if p.modality == "image" else ["0", "1"]), p.modality
     try:
@@ -64,6 +75,9 @@ def classes_of(name: str) -> tuple[list[str], str]:
 
 
 def default_kv(name: str) -> tuple[str, str]:
+    """(kind, value) of the default forget selector: all altered examples on a scenario."""
+    if serving.split_name(name)[1]:
+        return "poisoned", "all"
     classes, modality = classes_of(name)
     return S.default_forget(modality, classes)
 

@@ -80,17 +80,19 @@ def wire(page) -> None:
     C, f, m = page.compare, page.forget, page.method
     outputs = [C.status, C.table, C.plot, C.gap_plot, C.relearn_plot, C.dl_json, C.dl_md, page.model.status]
 
-    def on_compare(preset_name, kind_v, value_v, owner, methods_v, seeds_v, relearn_v, sparsity_v, retain_v, tol_v,
-                   flags, progress=gr.Progress()):
-        yield from _compare(page, preset_name, S.compose_spec(kind_v, value_v), owner,
+    def on_compare(preset_name, scenario, kind_v, value_v, owner, methods_v, seeds_v, relearn_v, sparsity_v, retain_v,
+                   tol_v, flags, progress=gr.Progress()):
+        name = serving.served_name(preset_name, scenario)
+        yield from _compare(page, name, S.compose_spec(kind_v, value_v), owner,
                             (methods_v, seeds_v, relearn_v, sparsity_v, retain_v, tol_v), flags, progress)
 
-    C.btn.click(on_compare, [page.model.preset, f.kind, f.value, f.owner, C.methods, C.seeds, C.relearn, m.sparsity,
-                             m.retain_sample, m.tolerance, C.flags], outputs, api_visibility="private",
+    C.btn.click(on_compare, [page.model.preset, page.model.scenario, f.kind, f.value, f.owner, C.methods, C.seeds,
+                             C.relearn, m.sparsity, m.retain_sample, m.tolerance, C.flags], outputs, api_visibility="private",
                 concurrency_id="engine", concurrency_limit=page.ctx.engine_limit, show_progress_on=[C.status])
     C.open_btn.upload(lambda files: open_saved(page, files), C.open_btn, outputs, api_visibility="private")
     C.stop.click(_on_stop, C.flags, None, api_visibility="private", queue=False)
     page.model.preset.change(lambda: reset(page), None, outputs, api_visibility="private", queue=False)
+    page.model.scenario.input(lambda: reset(page), None, outputs, api_visibility="private", queue=False)
 
 
 def _on_stop(flags):

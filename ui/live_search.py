@@ -14,9 +14,8 @@ from mape import app_support as S
 from mape import figures as FG
 from mape import serving
 from mape.errors import MapeError
-from mape.presets import PRESETS
 from ui import attributions, downloads, method, predictions, results
-from ui.common import default_kv, fmt_status
+from ui.common import default_kv, fmt_status, title_of
 from ui.model_data import model_status, preparing_status
 
 BINS = 64
@@ -47,17 +46,21 @@ def wire(page) -> None:
                + results.outputs(page) + predictions.run_outputs(page) + downloads.outputs(page)
                + attributions.run_outputs(page))
 
-    def on_run(preset_name, kind_v, value_v, owner, objective, sparsity, update, step, seed, retrain, retain,
-               passes, joint, tolerance, flags, progress=gr.Progress()):
+    def on_run(preset_name, scenario, kind_v, value_v, owner, objective, sparsity, update, step, seed, retrain,
+               retain, passes, joint, tolerance, flags, progress=gr.Progress()):
         values = (objective, sparsity, update, step, seed, retrain, retain, passes, joint, tolerance)
-        yield from _run(page, preset_name, S.compose_spec(kind_v, value_v), owner, values, flags, progress)
+        name = serving.served_name(preset_name, scenario)
+        yield from _run(page, name, S.compose_spec(kind_v, value_v), owner, values, flags, progress)
 
-    page.method.run_btn.click(on_run, [page.model.preset, f.kind, f.value, f.owner] + method.settings(page) + [L.flags],
+    page.method.run_btn.click(on_run, [page.model.preset, page.model.scenario, f.kind, f.value, f.owner]
+                              + method.settings(page) + [L.flags],
                               outputs, api_visibility="private", concurrency_id="engine",
                               concurrency_limit=page.ctx.engine_limit, show_progress_on=[L.status])
     page.method.stop_btn.click(_on_stop, L.flags, None, api_visibility="private", queue=False)
     page.model.preset.change(lambda name: reset(page, name), page.model.preset, outputs, api_visibility="private",
                              queue=False)
+    page.model.scenario.input(lambda name, sc: reset(page, serving.served_name(name, sc)),
+                              [page.model.preset, page.model.scenario], outputs, api_visibility="private", queue=False)
 
 
 def _on_stop(flags):
@@ -67,9 +70,9 @@ def _on_stop(flags):
 
 
 def forget_spec_of(preset_name: str, spec: str, owner) -> str:
-    """The forget spec a run uses: the selector's, when it belongs to the preset on screen; right after a
-    preset switch whose new selector has not reached the browser yet, the new preset's own default
-    (what the selector is about to show)."""
+    """The forget spec a run uses: the selector's, when it belongs to the preset (and scenario: a served
+    name) on screen; right after a switch whose new selector has not reached the browser yet, the new
+    preset's own default (what the selector is about to show)."""
     return spec if owner == preset_name else S.compose_spec(*default_kv(preset_name))
 
 
@@ -86,7 +89,7 @@ def _run(page, preset_name, spec, owner, values, flags, progress):
         return
     t0 = time.perf_counter()
     progress(0.0, desc="starting")
-    yield {L.status: fmt_status("busy", f"Starting: forgetting {spec} on {PRESETS[preset_name].title}…")}
+    yield {L.status: fmt_status("busy", f"Starting: forgetting {spec} on {title_of(preset_name)}…")}
     view = _LiveView(page, preset_name, progress)
     events = serving.run(preset_name, spec, cfg, live=True)
     for event in events:
@@ -158,12 +161,13 @@ def show_run(page, run: dict, wall_s: float) -> dict:
     L, result = page.live, run["result"]
     timing = result["timing"]
     done = (f"Done in {wall_s:.1f} s: forgot {result['forget']['spec']} ({result['forget']['size']} examples) on "
-            f"{PRESETS[run['preset']].title} (search {timing['search_s']:.1f} s, update {timing['update_s']:.1f} s"
+            f"{title_of(run['preset'])} (search {timing['search_s']:.1f} s, update {timing['update_s']:.1f} s"
             + (f", retrain {timing['retrain_s']:.1f} s" if "retrain_s" in timing else "") + ").")
     hf, ff, cf = heat_figures(run["heads"], run["filters"], run["head_scores"], "final")
     state = {k: run[k] for k in ("preset", "result", "delta", "run_key", "heads", "filters", "samples",
                                  "forget_indices", "has_retrain")}
-    state["model_meta"] = {"preset": run["preset"], "forget": result["forget"]["spec"],
+    state["model_meta"] = {"preset": result["preset"], "scenario": serving.split_name(run["preset"])[1],
+                           "forget": result["forget"]["spec"],
                            "objective": result["config"]["objective"], "sparsity": result["config"]["sparsity"]}
     out = {L.status: fmt_status("done", done), L.heads: hf, L.filters: ff, L.counts: cf,
            page.model.status: model_status(run["preset"]), L.run_id: time.time_ns()}

@@ -87,11 +87,18 @@ def validate_request(preset_name: str, spec: str, cfg: dict, allowed: list[str] 
     """Fast checks before any heavy work: preset, method settings, forget spec (on the dataset)."""
     from mape.pipeline import UnlearnConfig
 
-    if preset_name not in (allowed or PRESETS):
-        raise MapeError(f"Unknown preset '{preset_name}'; choose one of: {', '.join(allowed or PRESETS)}.")
-    ok, why = PRESETS[preset_name].availability()
+    base, scenario = serving.split_name(preset_name)
+    if base not in (allowed or PRESETS):
+        raise MapeError(f"Unknown preset '{base}'; choose one of: {', '.join(allowed or PRESETS)}.")
+    ok, why = PRESETS[base].availability()
     if not ok:
-        raise MapeError(f"Preset '{preset_name}' cannot run here: {why}.")
+        raise MapeError(f"Preset '{base}' cannot run here: {why}.")
     UnlearnConfig(**cfg).validate()
-    if PRESETS[preset_name].kind != "hub" or serving.is_ready(preset_name):
+    from mape.scenarios import check_forget_specs
+
+    if scenario is not None and PRESETS[base].finetuned:
+        raise MapeError(f"Preset '{base}' uses a published fine-tuned model, which cannot be trained on altered "
+                        f"data; choose clean training data.")
+    check_forget_specs([spec], scenario)
+    if PRESETS[base].kind != "hub" or serving.is_ready(preset_name):
         select_forget(spec, serving.dataset(preset_name), cfg["seed"])

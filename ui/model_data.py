@@ -13,7 +13,7 @@ import gradio as gr
 from mape import app_support as S
 from mape import serving
 from mape.presets import PRESETS
-from ui.common import status_line
+from ui.common import classes_of, preset_of, status_line
 
 INTRO = ("# MAPE-Unlearn Studio\n"
          "Make a trained Transformer **forget** part of its training data by updating only a few attention heads "
@@ -36,19 +36,29 @@ def build(ctx) -> SimpleNamespace:
             preset = gr.Dropdown(preset_choices(ctx.names), value=ctx.default, label="Preset (model · dataset)",
                                  elem_id="preset")
             description = gr.Markdown(preset_description(ctx.default), elem_id="preset-description")
+            scenario = gr.Dropdown(scenario_choices(ctx.default), value="", label="Training data (scenario)",
+                                   allow_custom_value=True, elem_id="scenario",
+                                   info="Clean, or with poisoned / mislabeled examples to remove; or type a spec: "
+                                        "backdoor:WORD:CLASS:N, backdoor:patch:CLASS:N, mislabel:N.")
+            scenario_note = gr.Markdown(S.scenario_explanation(""), elem_id="scenario-description")
         with gr.Column(scale=3):
             status = gr.HTML(status_line("busy", "Checking the model…"), elem_id="model-status")
             prepare_btn = gr.Button("Prepare model", variant="secondary", elem_id="prepare-btn")
-    return SimpleNamespace(preset=preset, description=description, status=status, prepare_btn=prepare_btn)
+    return SimpleNamespace(preset=preset, description=description, scenario=scenario, scenario_note=scenario_note,
+                           status=status, prepare_btn=prepare_btn)
 
 
 def wire(page, demo) -> None:
     m = page.model
     demo.load(model_status, m.preset, m.status, api_visibility="private")
-    m.preset.change(lambda name: (preset_description(name), model_status(name)), m.preset, [m.description, m.status],
+    # a new preset starts on clean data (its scenario list is its own); a scenario the visitor picks or types
+    # (.input: not the reset above) is checked and described at once
+    m.preset.change(on_preset, m.preset, [m.description, m.status, m.scenario, m.scenario_note],
                     api_visibility="private", queue=False)
-    m.prepare_btn.click(on_prepare, m.preset, m.status, api_visibility="private", concurrency_id="prepare",
-                        concurrency_limit=2, show_progress_on=[m.status])
+    m.scenario.input(on_scenario, [m.preset, m.scenario], [m.status, m.scenario_note], api_visibility="private",
+                     queue=False)
+    m.prepare_btn.click(on_prepare, [m.preset, m.scenario], m.status, api_visibility="private",
+                        concurrency_id="prepare", concurrency_limit=2, show_progress_on=[m.status])
 
 
 def device_badge() -> str:
@@ -57,6 +67,38 @@ def device_badge() -> str:
     return (f'<div class="mape-badge" style="text-align:right;"><span style="display:inline-block;padding:4px 12px;'
             f'border-radius:999px;background:{colour};color:white;font-weight:600;font-size:0.9em;">'
             f'{html.escape(text)}</span></div>')
+
+
+def on_preset(name: str):
+    return (preset_description(name), model_status(name), gr.Dropdown(choices=scenario_choices(name), value=""),
+            S.scenario_explanation(""))
+
+
+def on_scenario(preset_name: str, scenario: str):
+    """The model status of the preset with this scenario, and what the scenario does (or why it is wrong)."""
+    from mape.errors import MapeError
+
+    try:
+        note = S.scenario_explanation((scenario or "").strip())
+        serving.dataset(serving.served_name(preset_name, scenario))  # resolves it against the data: N, target
+    except MapeError as exc:
+        return status_line("error", "Scenario not usable", str(exc)), f"⚠️ {exc}"
+    return model_status(serving.served_name(preset_name, scenario)), note
+
+
+def scenario_choices(name: str) -> list[tuple[str, str]]:
+    """(label, spec) of the training-data choices for a preset: clean first, then its ready-made scenarios
+    (none for a Hub preset, whose published fine-tuned model cannot be retrained on altered data)."""
+    p = preset_of(name)
+    clean = [(S.scenario_label(""), "")]
+    if p.kind == "hub" or p.finetuned or not p.availability()[0]:
+        return clean
+    try:
+        classes, modality = classes_of(name)
+        n_train = len(serving.dataset(name).train)
+    except Exception:  # noqa: BLE001 - the clean choice is always there
+        return clean
+    return clean + [(S.scenario_label(s), s) for s in S.scenario_specs(name, modality, classes, n_train)]
 
 
 def preset_choices(names: list[str]) -> list[tuple[str, str]]:
@@ -81,13 +123,13 @@ def model_status(name: str) -> str:
     """HTML line: is the preset's original model ready, cached on disk, being prepared or not trained?"""
     if serving.is_ready(name):
         i = serving.info(name)
-        return status_line("ready", "Original model ready",
+        return status_line("ready", "Original model ready" + (f" (trained on {i['scenario']})" if i["scenario"] else ""),
                            f"{i['n_train']:,} training / {i['n_test']:,} test examples, {i['params']:,} parameters, "
                            f"{i['layers']} layers × {i['heads']} heads × {i['filters']:,} filters.")
     state = serving.preparing(name)
     if state is not None:
         return status_line("busy", "Preparing", f"{state[0]}, {100 * state[1]:.0f}% (already under way; Run waits for it).")
-    ok, why = PRESETS[name].availability()
+    ok, why = preset_of(name).availability()
     if not ok:
         return status_line("na", "Unavailable here", why + ".")
     try:
@@ -97,11 +139,12 @@ def model_status(name: str) -> str:
     if cached:
         return status_line("cached", "Trained model found in the cache",
                            "it loads in a few seconds when you click Prepare model or Run.")
-    if PRESETS[name].finetuned:
+    if preset_of(name).finetuned:
         return status_line("hub", "Published fine-tuned model",
                            "downloaded from the Hugging Face Hub when you click Prepare model or Run.")
-    eta = "a little while" if serving.ON_GPU else CPU_TRAINING_TIME.get(name, "a little while")
-    return status_line("todo", "Not trained yet",
+    eta = "a little while" if serving.ON_GPU else CPU_TRAINING_TIME.get(serving.split_name(name)[0], "a little while")
+    scenario = serving.split_name(name)[1]
+    return status_line("todo", "Not trained yet" + (f" on {scenario}" if scenario else ""),
                        f"the original model is trained once ({eta}) and cached. Click Prepare model now, or just "
                        f"Run (it prepares first).")
 
@@ -110,7 +153,8 @@ def preparing_status(stage: str, frac: float) -> str:
     return status_line("busy", "Preparing the original model", f"{stage}: {100 * frac:.0f}%")
 
 
-def on_prepare(preset_name, progress=gr.Progress()):
+def on_prepare(preset_name, scenario, progress=gr.Progress()):
+    preset_name = serving.served_name(preset_name, scenario)
     if serving.is_ready(preset_name):
         yield model_status(preset_name)
         return

@@ -13,13 +13,15 @@ import numpy as np
 from mape import app_support as S
 from mape import serving
 from mape.errors import MapeError
-from mape.presets import PRESETS
-from ui.common import EMPTY_RESULTS, error_html
+from ui.common import EMPTY_RESULTS, error_html, preset_of
 
 CAPTIONS = {"forget": "Examples from the forget set: after unlearning they should be treated like unseen data.",
             "retain": "Examples the model keeps: predictions should not change.",
             "test": "Held-out test examples: accuracy should stay (except on a forgotten class)."}
 MAX_TEXT = 5000
+TRIGGER_NOTE = ("#### Trigger tester — does the backdoor still fire?\n"
+                "The same input without and with the scenario's trigger, under the original, the unlearned and (when "
+                "cached) the retrained model. A removed backdoor ignores the trigger, as the retrained model does.")
 
 
 def build(ctx) -> SimpleNamespace:
@@ -45,33 +47,49 @@ def build(ctx) -> SimpleNamespace:
                 predict_btn = gr.Button("Predict", variant="secondary", elem_id="predict-btn")
                 sample_btn = gr.Button("Use a test image", size="sm", visible=image, elem_id="sample-image-btn")
         custom_out = gr.HTML("", elem_id="custom-predictions")
+    with gr.Column(visible=False, elem_id="trigger-tester") as trigger_box:
+        gr.Markdown(TRIGGER_NOTE, elem_classes=["mape-sub"])
+        with gr.Row():
+            trigger_own = gr.Button("Test the trigger on my input above", variant="secondary", elem_id="trigger-btn")
+            trigger_test = gr.Button("… on a random test example", variant="secondary", elem_id="trigger-test-btn")
+        trigger_out = gr.HTML("", elem_id="trigger-results")
     return SimpleNamespace(forget=pf, retain=pr, test=pt, custom_text=custom_text, custom_image=custom_image,
-                           predict_btn=predict_btn, sample_btn=sample_btn, custom_out=custom_out)
+                           predict_btn=predict_btn, sample_btn=sample_btn, custom_out=custom_out,
+                           trigger_box=trigger_box, trigger_own=trigger_own, trigger_test=trigger_test,
+                           trigger_out=trigger_out)
 
 
 def wire(page) -> None:
-    P, preset, state = page.predictions, page.model.preset, page.live.state
-    inputs = [preset, state, P.custom_text, P.custom_image]
+    P, preset, scenario, state = page.predictions, page.model.preset, page.model.scenario, page.live.state
+    inputs = [preset, scenario, state, P.custom_text, P.custom_image]
     # preprocess=False: the uploaded image arrives as a file reference and is validated by
     # app_support.load_user_image, which gives a clear message for a file that is not an image
     opts = dict(api_visibility="private", concurrency_id="explain", concurrency_limit=2, preprocess=False)
     P.predict_btn.click(predict_custom, inputs, P.custom_out, **opts)
     P.custom_text.submit(predict_custom, inputs, P.custom_out, **opts)
-    P.sample_btn.click(random_test_image, [preset], P.custom_image, api_visibility="private"
+    P.sample_btn.click(random_test_image, [preset, scenario], P.custom_image, api_visibility="private"
                        ).then(predict_custom, inputs, P.custom_out, **opts)
+    P.trigger_own.click(test_trigger_own, inputs, P.trigger_out, **opts)
+    P.trigger_test.click(test_trigger_example, [preset, scenario, state], P.trigger_out,
+                         **{**opts, "preprocess": True})
+    # the tester shows with a backdoor scenario only
+    preset.change(lambda: (gr.Column(visible=False), ""), None, [P.trigger_box, P.trigger_out],
+                  api_visibility="private", queue=False)
+    scenario.input(lambda p, sc: (gr.Column(visible=has_trigger(p, sc)), ""), [preset, scenario],
+                   [P.trigger_box, P.trigger_out], api_visibility="private", queue=False)
 
 
 def run_outputs(page) -> list:
     P = page.predictions
-    return [P.forget, P.retain, P.test, P.custom_text, P.custom_image, P.sample_btn, P.custom_out]
+    return [P.forget, P.retain, P.test, P.custom_text, P.custom_image, P.sample_btn, P.custom_out, P.trigger_out]
 
 
 def show(page, run: dict) -> dict:
     P = page.predictions
     classes = serving.dataset(run["preset"]).classes
-    modality = PRESETS[run["preset"]].modality
+    modality = preset_of(run["preset"]).modality
     models = [m for m in ("original", "unlearned", "retrain") if m in run["probs"]]
-    views = {}
+    views = {P.trigger_out: ""}
     for group, comp in (("forget", P.forget), ("retain", P.retain), ("test", P.test)):
         items = []
         for k, i in enumerate(run["samples"][group]):
@@ -84,15 +102,16 @@ def show(page, run: dict) -> dict:
 
 def reset(page, preset_name: str) -> dict:
     P = page.predictions
-    text, image = PRESETS[preset_name].modality == "text", PRESETS[preset_name].modality == "image"
+    modality = preset_of(preset_name).modality
+    text, image = modality == "text", modality == "image"
     return {P.forget: EMPTY_RESULTS, P.retain: EMPTY_RESULTS, P.test: EMPTY_RESULTS,
             P.custom_text: gr.Textbox(visible=text), P.custom_image: gr.Image(visible=image, value=None),
-            P.sample_btn: gr.Button(visible=image), P.custom_out: ""}
+            P.sample_btn: gr.Button(visible=image), P.custom_out: "", P.trigger_out: ""}
 
 
 def custom_input(preset_name: str, text, image):
     """(input, note) of the user's own text or image, checked; MapeError with a clear message."""
-    if PRESETS[preset_name].modality == "text":
+    if preset_of(preset_name).modality == "text":
         if not isinstance(text, str) or not text.strip():
             raise MapeError("Type some text first.")
         if len(text) > MAX_TEXT:
@@ -114,9 +133,10 @@ def run_models(preset_name: str, state) -> dict | None:
             "forget_indices": state["forget_indices"] if state.get("has_retrain") else None}
 
 
-def predict_custom(preset_name, state, text, image):
+def predict_custom(preset_name, scenario, state, text, image):
+    preset_name = serving.served_name(preset_name, scenario)
     try:
-        ok, why = PRESETS[preset_name].availability()
+        ok, why = preset_of(preset_name).availability()
         if not ok:
             raise MapeError(f"Preset '{preset_name}' cannot run here: {why}.")
         x, note = custom_input(preset_name, text, image)
@@ -126,15 +146,73 @@ def predict_custom(preset_name, state, text, image):
         return error_html(str(exc))
     extra = "" if "unlearned" in out else "Run unlearning to compare with the unlearned model."
     pic = ""
-    if PRESETS[preset_name].modality == "image":
+    if preset_of(preset_name).modality == "image":
         pic = (f"<div style='margin-bottom:6px;'>{S.input_html(x, 'image')} <span style='color:#4b5563;'>"
                f"What the model sees: {html.escape(note)}</span></div>")
     return pic + S.prob_bars_html(serving.dataset(preset_name).classes, out, extra)
 
 
-def random_test_image(preset_name):
+def has_trigger(preset_name, scenario) -> bool:
+    """Whether the preset with this scenario has a backdoor trigger to test (False for a bad spec)."""
     try:
-        ds = serving.dataset(preset_name)
+        sc = serving.scenario_of(serving.served_name(preset_name, scenario)) if scenario else None
+    except MapeError:
+        return False
+    return sc is not None and sc.is_backdoor
+
+
+def test_trigger_own(preset_name, scenario, state, text, image):
+    """The trigger tester on the visitor's own text or image."""
+    name = serving.served_name(preset_name, scenario)
+    try:
+        x, _ = custom_input(name, text, image)
+    except MapeError as exc:
+        gr.Warning(str(exc))
+        return error_html(str(exc))
+    return trigger_html(name, state, x, "your input")
+
+
+def test_trigger_example(preset_name, scenario, state):
+    """The trigger tester on a random test example of a class other than the backdoor's target."""
+    name = serving.served_name(preset_name, scenario)
+    try:
+        sc, ds = serving.scenario_of(name), serving.dataset(name)
+        if sc is None or not sc.is_backdoor:
+            raise MapeError("The trigger tester needs a backdoor scenario (Model & data → Training data).")
+    except MapeError as exc:
+        gr.Warning(str(exc))
+        return error_html(str(exc))
+    pool = np.flatnonzero(np.asarray(ds.test.y) != sc.target)
+    i = int(np.random.default_rng().choice(pool))
+    return trigger_html(name, state, ds.test.x[i], f"test example #{i} (true class {ds.classes[int(ds.test.y[i])]})")
+
+
+def trigger_html(name: str, state, x, label: str) -> str:
+    """Without / with the trigger, side by side; each with the models' class probabilities."""
+    try:
+        out = serving.trigger_test(name, run_models(name, state), x)
+    except MapeError as exc:
+        gr.Warning(str(exc))
+        return error_html(str(exc))
+    classes = serving.dataset(name).classes
+    modality = preset_of(name).modality
+    extra = "" if "unlearned" in out["probs"]["clean"] else "Run unlearning to see the unlearned model."
+    trig = "the corner patch" if out["trigger"] == "patch" else f"the word '{out['trigger']}'"
+    parts = []
+    for key, title in (("clean", "Without the trigger"), ("triggered", f"With {trig} (target: {out['target']})")):
+        fired = {m: classes[int(np.argmax(p))] == out["target"] for m, p in out["probs"][key].items()}
+        verdict = ", ".join(f"{m}: {'→ ' + out['target'] if f else 'not ' + out['target']}" for m, f in fired.items())
+        parts.append(f"<div style='font-weight:600;margin-bottom:4px;'>{html.escape(title)}</div>"
+                     f"<div style='margin-bottom:6px;'>{S.input_html(out[key], modality)}</div>"
+                     f"<div class='mape-trigger-verdict' style='color:#4b5563;font-size:0.9em;margin-bottom:6px;'>"
+                     f"{html.escape(verdict)}</div>" + S.prob_bars_html(classes, out["probs"][key], extra if key == "clean" else ""))
+    return (f"<div style='margin-bottom:6px;color:#4b5563;'>On {html.escape(label)}.</div>"
+            + S.side_by_side_html(parts))
+
+
+def random_test_image(preset_name, scenario=""):
+    try:
+        ds = serving.dataset(serving.served_name(preset_name, scenario))
     except MapeError as exc:
         gr.Warning(str(exc))
         return gr.skip()

@@ -55,11 +55,18 @@ def summary_markdown(result: dict) -> str:
     return text
 
 
+# the scenarios' metrics (issue 15), drawn when the run has them
+SCENARIO_METRICS = ("asr", "forget_acc_true")
+SHORT_LABELS = {"forget_acc": "Forget acc. (FA)", "retain_acc": "Retain acc. (RA)", "test_acc": "Test acc. (TA)",
+                "mia": "MIA efficacy", "asr": "Attack success (ASR)", "forget_acc_true": "FA, true labels"}
+
+
 def metrics_chart(metrics: dict):
     rows = {("MAPE (unlearned)" if k == "unlearned" else k): v for k, v in metrics.items()}
-    fig = FG.metrics_figure(rows)
-    labels = [FG.METRIC_LABELS[m] for m in ("forget_acc", "retain_acc", "test_acc", "mia")]
-    fig.update_xaxes(tickangle=0, tickfont=dict(size=11), tickmode="array", tickvals=labels,
-                     ticktext=["Forget acc. (FA)", "Retain acc. (RA)", "Test acc. (TA)", "MIA efficacy"])
+    shown = ("forget_acc", "retain_acc", "test_acc", "mia") + tuple(
+        m for m in SCENARIO_METRICS if any(m in v for v in metrics.values()))
+    fig = FG.metrics_figure(rows, shown)
+    fig.update_xaxes(tickangle=0, tickfont=dict(size=11), tickmode="array",
+                     tickvals=[FG.METRIC_LABELS[m] for m in shown], ticktext=[SHORT_LABELS[m] for m in shown])
     fig.update_layout(legend=dict(orientation="h", y=-0.14, x=0.5, xanchor="center"), margin=dict(b=70))
     return fig
