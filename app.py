@@ -7,9 +7,9 @@ One page, top to bottom: model & data, forget set, method, run (live mask search
 before/after, attributions, "Compare methods" (against retraining), downloads, and "About the method" —
 one module per section in ``ui/``. The models the page uses live in :mod:`mape.serving`, the only code
 that touches them. The run is also the API endpoint ``unlearn`` (gradio_client: ``Client(url).predict(
-preset, forget, objective, sparsity, update, seed, retrain, api_name="/unlearn")`` returns the results JSON of
-``python -m mape unlearn``), the comparison the endpoint ``compare`` (``predict(preset, forget, methods,
-seeds, sparsity, relearn_steps, api_name="/compare")`` returns the JSON of ``python -m mape compare``).
+preset, forget, objective, sparsity, update, seed, retrain, scenario, api_name="/unlearn")`` returns the results
+JSON of ``python -m mape unlearn``), the comparison the endpoint ``compare`` (``predict(preset, forget, methods,
+seeds, sparsity, relearn_steps, scenario, api_name="/compare")`` returns the JSON of ``python -m mape compare``).
 
 Environment: ``MAPE_APP_PRESETS`` (comma-separated preset names to offer, in order; ``tiny-bbc`` and
 ``tiny-mnist`` are fast test presets), ``MAPE_APP_TRAIN_LIMIT`` (train the original model on a subset),

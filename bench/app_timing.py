@@ -6,8 +6,10 @@
 Prints one JSON line per trial: http_s (the server answers), interactive_s (the page shows the Run button
 and the forget-set preview), run1_s / run1_cpu_s (Run clicked as soon as the page is interactive, until
 "Done": wall seconds and the app process's CPU seconds), run2_s / run2_cpu_s (a second Run in the same
-process). MEASURE_NO_RUN=1 stops after interactive_s. Needs playwright and /usr/bin/chromium; the
-original model should be in the cache (otherwise the first Run trains it)."""
+process). MEASURE_NO_RUN=1 stops after interactive_s. MEASURE_PRESET=NAME (e.g. vit-mnist) switches the
+page to that preset once it is interactive and times one Run of its default forget set (run1_*; with an
+empty MAPE_CACHE this is the first use: training the original through the app). Needs playwright and
+/usr/bin/chromium; the original model should be in the cache (otherwise the first Run trains it)."""
 import json, os, socket, subprocess, sys, time, urllib.request
 from playwright.sync_api import sync_playwright
 
@@ -77,6 +79,19 @@ with sync_playwright() as p:
             if os.environ.get("MEASURE_NO_RUN"):
                 print(json.dumps({"label": label, "trial": k, "http_s": round(http_s, 1),
                                   "interactive_s": round(interactive_s, 1), "load": os.getloadavg()}), flush=True)
+                continue
+            other = os.environ.get("MEASURE_PRESET")
+            if other:
+                sys.path.insert(0, os.path.abspath(app_dir))
+                from mape.presets import PRESETS
+
+                page.click("#preset input")
+                page.get_by_role("option", name=PRESETS[other].title).click()
+                time.sleep(0.5)  # the switch disables Run at once; run() clicks when it is enabled again
+                run1_s, cpu1, s1 = run(page, proc.pid)
+                print(json.dumps({"label": label, "trial": k, "preset": other, "run1_s": round(run1_s, 1),
+                                  "run1_cpu_s": round(cpu1, 1), "status1": s1, "load": os.getloadavg()}), flush=True)
+                page.close()
                 continue
             run1_s, cpu1, s1 = run(page, proc.pid)
             run2_s, cpu2, s2 = run(page, proc.pid)

@@ -1,4 +1,9 @@
-"""① Model & data: the header, the preset picker, the original model's status and "Prepare model"."""
+"""① Model & data: the header, the preset picker, the training data (clean or a scenario: poisoned or
+mislabeled examples, mape.scenarios), the original model's status and "Prepare model".
+
+The page serves a preset with a scenario under the name ``preset@scenario`` (mape.serving.served_name):
+its own altered dataset, original model and retrain references. Handlers get the preset and the
+scenario on screen and combine them, so what runs is what the page shows."""
 
 from __future__ import annotations
 
