@@ -15,7 +15,7 @@ Environment: ``MAPE_APP_PRESETS`` (comma-separated preset names to offer, in ord
 ``tiny-mnist`` are fast test presets), ``MAPE_APP_TRAIN_LIMIT`` (train the original model on a subset),
 ``MAPE_APP_CONCURRENCY`` (simultaneous runs; default 1 on a CPU, 2 on a GPU), ``MAPE_APP_RETAIN_SAMPLE``
 (default retain sample of the scores), ``MAPE_APP_TORCH_THREADS`` (torch threads, ``python app.py`` only),
-``MAPE_APP_WARM`` (0: do not prepare the default preset in the background at start), ``MAPE_CACHE``
+``MAPE_APP_WARM`` (0: do not prepare the page's preset in the background once the first page has loaded), ``MAPE_CACHE``
 (where trained models are cached), ``PORT`` / ``GRADIO_SERVER_PORT``, and ``SPACE_ID`` (bind 0.0.0.0 on
 Spaces, else 127.0.0.1; ``GRADIO_SERVER_NAME`` overrides off Spaces).
 """
@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 
 import gradio as gr
 
@@ -95,8 +96,10 @@ def main() -> None:
     threads = os.environ.get("MAPE_APP_TORCH_THREADS", "").strip()
     if threads:  # e.g. 1 when several runs share a small CPU (OpenMP threads oversubscribe the cores)
         serving.set_threads(int(threads))
-    if os.environ.get("MAPE_APP_WARM", "1") != "0":  # the first Run finds the default preset ready
-        serving.warm_in_background(demo.mape_context.default)
+    if demo.mape_context.warm:  # the first page load starts it; no visitor within a few seconds: start anyway
+        timer = threading.Timer(serving.WARM_FALLBACK_S, serving.warm_in_background, (demo.mape_context.default,))
+        timer.daemon = True
+        timer.start()
     demo.launch(theme=THEME, css=CSS, **server_settings())
 
 

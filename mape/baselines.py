@@ -59,7 +59,7 @@ from mape.forget import ForgetSet
 from mape.models import Encoded, TaskModel
 from mape.scoring import param_stats
 from mape.train import Recipe, _embedding_params, train
-from mape.update import (UPDATES, MaskedParams, Target, UpdateReport, _closeness, accuracy, as_check, check,
+from mape.update import (UPDATES, KeepClosest, MaskedParams, Target, UpdateReport, accuracy, check, training_only,
                          iterative_update, so_direction, so_update)
 
 Progress = Callable[[str, float], None]
@@ -307,14 +307,8 @@ def scrub(task: TaskModel, forget: Encoded, retain: Encoded, evaluate, target: T
     mp = MaskedParams({p: torch.ones_like(p, dtype=torch.bool) for p in params})
     teacher = task.clone()
     model, device = task.model, task.device
-    saved = [p.requires_grad for p in model.parameters()]
-    for p in model.parameters():
-        p.requires_grad_(False)
-    for p in params:
-        p.requires_grad_(True)
     opt = torch.optim.Adam(params, lr=lr)
-    trials, best, chosen = [], None, 0
-    was_training = model.training
+    kept = KeepClosest(mp, target)
     teacher.model.eval()
     torch.manual_seed(seed)
 
@@ -327,31 +321,23 @@ def scrub(task: TaskModel, forget: Encoded, retain: Encoded, evaluate, target: T
         loss.backward()
         opt.step()
 
-    try:
+    with training_only(model, params, train=True):
         for epoch in range(1, max_epochs + 1):
-            model.train()
+            model.train()  # evaluate() measures in eval mode
             if epoch <= SCRUB_MAX_EPOCHS:
                 for x, _ in forget.batches(batch_size, device, shuffle_seed=seed * 1000 + epoch):
                     sgd_step(-_distill_kl(task.logits(x).float(), teacher_logits(x)))
             for x, y in retain.batches(batch_size, device, shuffle_seed=seed * 1000 + 500 + epoch):
                 logits = task.logits(x).float()
                 sgd_step(_distill_kl(logits, teacher_logits(x)) + Fn.cross_entropy(logits, y))
-            c = as_check(evaluate())
-            trials.append({"step": epoch, **target.describe(c)})
-            if best is None or _closeness(c, target, epoch) < _closeness(best[1], target, chosen):
-                best, chosen = (mp.snapshot(), c), epoch
+            settled = kept.record(epoch, evaluate())
             if progress:
                 progress("scrub epochs", epoch / max_epochs)
-            if target.settled(c):
+            if settled:
                 break
-        mp.load(best[0])
-    finally:
-        for p, flag in zip(model.parameters(), saved):
-            p.requires_grad_(flag)
-            p.grad = None
-        model.train(was_training)
-    final = best[1]
-    return UpdateReport("scrub", chosen, True, trials, target.met(final), mp.changed(), final=final)
+        kept.restore()
+    final = kept.final
+    return UpdateReport("scrub", kept.chosen, True, kept.trials, target.met(final), mp.changed(), final=final)
 
 
 # --------------------------------------------------------------------------- fine-tuning

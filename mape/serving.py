@@ -127,6 +127,8 @@ _PREP_LOCKS: dict[tuple, threading.Lock] = {}
 _PREP_STATE: dict[tuple, tuple[str, float]] = {}
 _DATASETS: dict[tuple, object] = {}
 _GUARD = threading.Lock()
+_WARMING: set[tuple] = set()
+WARM_FALLBACK_S = 10.0
 _RETRAINED: "OrderedDict[tuple, SharedModel]" = OrderedDict()
 _UNLEARNED: "OrderedDict[str, SharedModel]" = OrderedDict()
 MAX_RETRAINED, MAX_UNLEARNED = 2, 4
@@ -229,8 +231,15 @@ def prepare_preset(name: str, progress: Callable | None = None) -> dict:
     return info(name, _served(name, progress))
 
 
-def warm_in_background(name: str) -> threading.Thread:
-    """Prepare a preset in a daemon thread (``python app.py`` warms the default preset at start)."""
+def warm_in_background(name: str) -> threading.Thread | None:
+    """Prepare a preset in a daemon thread, once per process (later calls return None). The app starts
+    it when its first page has loaded (the page's own first requests then have the cores to themselves),
+    and ``python app.py`` after :data:`WARM_FALLBACK_S` seconds when no page has been opened by then."""
+    with _GUARD:
+        if _key(name) in _WARMING or _key(name) in _SERVED:
+            return None
+        _WARMING.add(_key(name))
+
     def work():
         try:
             prepare_preset(name)

@@ -35,6 +35,7 @@ further from a retrained model (measured on vit-mnist class:3).
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -220,6 +221,54 @@ def _closeness(c: Check, target: Target, step: float = 0.0) -> tuple:
     return (not target.feasible(c.retain_acc), round(target.miss(c.forget_acc, c.forget_losses), 6), step)
 
 
+@contextmanager
+def training_only(model: torch.nn.Module, params: list, train: bool = False):
+    """Within the block only ``params`` require gradients and the model is in train (dropout on) or eval
+    mode; afterwards every flag and the mode are as before and no gradient is left behind."""
+    saved = [p.requires_grad for p in model.parameters()]
+    was_training = model.training
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for p in params:
+        p.requires_grad_(True)
+    model.train(train)
+    try:
+        yield
+    finally:
+        for p, flag in zip(model.parameters(), saved):
+            p.requires_grad_(flag)
+            p.grad = None
+        model.train(was_training)
+
+
+class KeepClosest:
+    """The checkpoints of an iterative update with an automatic number of steps: each measured trial is
+    recorded, the masked entries of the one closest to the target (:func:`_closeness`) are kept, and
+    :meth:`restore` loads them back at the end."""
+
+    def __init__(self, mp: MaskedParams, target: Target):
+        self.mp, self.target = mp, target
+        self.trials: list[dict] = []
+        self.best: tuple | None = None   # (snapshot, check)
+        self.chosen = 0
+
+    def record(self, step, measured) -> bool:
+        """Record the check after ``step``; True when the target is settled (stop here)."""
+        c = as_check(measured)
+        self.trials.append({"step": step, **self.target.describe(c)})
+        if self.best is None or _closeness(c, self.target, step) < _closeness(self.best[1], self.target, self.chosen):
+            self.best, self.chosen = (self.mp.snapshot(), c), step
+        return self.target.settled(c)
+
+    def restore(self) -> None:
+        if self.best is not None:
+            self.mp.load(self.best[0])
+
+    @property
+    def final(self) -> Check | None:
+        return self.best[1] if self.best else None
+
+
 def so_update(task: TaskModel, mp: MaskedParams, direction: dict, step, evaluate, target: Target,
               progress: Progress | None = None) -> UpdateReport:
     """Apply the ``so`` step with a fixed η, or choose η by forward passes (``step='auto'``)."""
@@ -300,13 +349,6 @@ def iterative_update(task: TaskModel, rule: str, mp: MaskedParams, forget: Encod
     """``ga``/``gd``/``rl``/``npo``: Adam on the selected entries. ``step`` = number of optimizer steps."""
     model, device = task.model, task.device
     params = list(mp.masks)
-    saved = [p.requires_grad for p in model.parameters()]
-    for p in model.parameters():
-        p.requires_grad_(False)
-    for p in params:
-        p.requires_grad_(True)
-    was_training = model.training
-    model.eval()
     opt = torch.optim.Adam(params, lr=lr)
     gen = torch.Generator().manual_seed(seed)
     ref = task.clone() if rule == "npo" else None
@@ -317,9 +359,9 @@ def iterative_update(task: TaskModel, rule: str, mp: MaskedParams, forget: Encod
 
     auto = step == "auto"
     n_steps = max_steps if auto else int(step)
-    trials, best, chosen = [], None, 0
+    kept = KeepClosest(mp, target)
     fbatches, rbatches = _cycle(forget, batch_size, device, seed), _cycle(retain, batch_size, device, seed + 7)
-    try:
+    with training_only(model, params, train=False):
         for i in range(1, n_steps + 1):
             fx, fy = next(fbatches)
             rbatch = next(rbatches) if rule != "ga" else None
@@ -332,20 +374,10 @@ def iterative_update(task: TaskModel, rule: str, mp: MaskedParams, forget: Encod
             mp.enforce()
             if progress:
                 progress(f"{rule} steps", i / n_steps)
-            if auto and (i % eval_every == 0 or i == n_steps):
-                c = as_check(evaluate())
-                trials.append({"step": i, **target.describe(c)})
-                if best is None or _closeness(c, target, i) < _closeness(best[1], target, chosen):
-                    best, chosen = (mp.snapshot(), c), i
-                if target.settled(c):
-                    break
-        if auto and best is not None:
-            mp.load(best[0])
-    finally:
-        for p, flag in zip(model.parameters(), saved):
-            p.requires_grad_(flag)
-            p.grad = None
-        model.train(was_training)
-    final = best[1] if best else None
-    reached = bool(best) and target.met(final)
-    return UpdateReport(rule, chosen if auto else n_steps, auto, trials, reached, mp.changed(), final=final)
+            if auto and (i % eval_every == 0 or i == n_steps) and kept.record(i, evaluate()):
+                break
+        if auto:
+            kept.restore()
+    final = kept.final
+    reached = final is not None and target.met(final)
+    return UpdateReport(rule, kept.chosen if auto else n_steps, auto, kept.trials, reached, mp.changed(), final=final)

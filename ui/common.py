@@ -34,6 +34,7 @@ class Context:
     modality: str               # and its modality
     engine_limit: int           # simultaneous runs / comparisons
     retain_default: int         # default retain sample of the scores
+    warm: bool = True           # prepare the page's preset in the background once the page has loaded
 
 
 def context(presets=None, concurrency: int | None = None) -> Context:
@@ -43,7 +44,7 @@ def context(presets=None, concurrency: int | None = None) -> Context:
     classes, modality = classes_of(default)
     limit = concurrency or int(os.environ.get("MAPE_APP_CONCURRENCY", "0") or 0) or (2 if serving.ON_GPU else 1)
     retain = int(os.environ.get("MAPE_APP_RETAIN_SAMPLE", "0") or 0) or (2048 if serving.ON_GPU else CPU_RETAIN_SAMPLE)
-    return Context(names, default, classes, modality, limit, retain)
+    return Context(names, default, classes, modality, limit, retain, os.environ.get("MAPE_APP_WARM", "1") != "0")
 
 
 def new_page(ctx: Context) -> SimpleNamespace:

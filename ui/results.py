@@ -47,6 +47,12 @@ def reset(page, preset_name: str) -> dict:
 def summary_markdown(result: dict) -> str:
     """The engine's summary, plus which examples the live run's metrics were measured on."""
     text = S.summary_markdown(result)
+    sc = result.get("scenario")
+    if sc:
+        what = (f"trigger '{sc['trigger']}' → {sc['target']}" if sc.get("trigger") not in (None, "patch")
+                else f"corner patch → {sc['target']}" if sc.get("trigger") == "patch" else "wrong labels")
+        text += (f"\n\n**Training data:** scenario `{sc['spec']}` ({sc['size']} altered examples, {what}); the "
+                 "original was trained on it, a retrained reference without the forget set.")
     ev = result.get("evaluation")
     if ev:
         text += (f"\n\n**Measured on:** the forget set, {ev['retain_examples']:,} retain and {ev['test_examples']:,} "
