@@ -26,7 +26,7 @@ INTRO = ("# MAPE-Unlearn Studio\n"
          "model, choose what to forget, press **Run**, and watch which units the search selects. Everything runs "
          "here, offline-capable; the method is explained at the bottom of the page.")
 # measured on 2 idle CPU cores (README, BENCHMARKS.md); other presets depend on the data size
-CPU_TRAINING_TIME = {"minilm-bbc": "about 4 minutes on a CPU", "vit-mnist": "about 2 minutes on a CPU"}
+CPU_TRAINING_TIME = {"minilm-bbc": "about 3 minutes on a CPU", "vit-mnist": "about 2 minutes on a CPU"}
 
 
 def build(ctx) -> SimpleNamespace:
