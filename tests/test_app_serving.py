@@ -308,3 +308,21 @@ def test_the_originals_predictions_are_stored_once_and_read_back_by_a_restarted_
     assert view.measure_original(use_cache=True) is False  # recomputed
     np.testing.assert_allclose(view.original_test_probs(), expected_test, atol=1e-6)
     assert cache.load_arrays("probs", key) is not None  # and stored again, readable
+
+
+def test_the_trigger_tester_on_images_adds_the_corner_patch_only(serving):
+    """tiny-mnist with ``backdoor:patch:0:30``: the tester's triggered image is the input with a white
+    square in the bottom-right corner and nothing else changed; both are predicted by the original."""
+    from mape.scenarios import patch_size_for
+
+    name = serving.served_name("tiny-mnist", "backdoor:patch:0:30")
+    ds = serving.dataset(name)
+    x = np.asarray(ds.test.x[int(np.flatnonzero(np.asarray(ds.test.y) != 0)[0])])
+    out = serving.trigger_test(name, None, x)
+    k = patch_size_for(x.shape[:2])
+    triggered = np.asarray(out["triggered"])
+    assert triggered.shape == x.shape and (triggered[-k:, -k:] == 255).all()
+    rest = np.ones(x.shape[:2], dtype=bool)
+    rest[-k:, -k:] = False
+    assert np.array_equal(triggered[rest], x[rest]) and out["trigger"] == "patch" and out["target"] == "0"
+    assert set(out["probs"]["clean"]) == set(out["probs"]["triggered"]) == {"original"}

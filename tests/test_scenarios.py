@@ -270,3 +270,33 @@ def test_cli_prepare_and_unlearn_on_a_scenario(poisoned_ws, capsys, tmp_path):
     assert data["forget"]["size"] == 20 and data["forget"]["scenario"] == SPEC and data["forget"]["altered"] == 20
     for name in ("original", "unlearned", "retrain"):
         assert {"asr", "forget_acc_true", "test_acc"} <= set(data["metrics"][name])
+
+
+def test_the_apps_scenario_choices_parse_and_fit_their_preset():
+    """The app's ready-made scenarios (app_support) are valid specs that resolve on their dataset (target
+    class exists, N not larger than the other classes hold), with a label and a one-line explanation; the
+    forget selector ``poisoned`` with value ``all`` is the bare ``poisoned`` spec."""
+    from mape import app_support as S
+    from mape.scenarios import parse_scenario
+
+    assert S.scenario_specs("minilm-bbc", "text", [], 1781) == ("backdoor:cf:sport:40", "mislabel:40")
+    assert S.scenario_specs("vit-mnist", "image", [], 4000) == ("backdoor:patch:0:80", "mislabel:80")
+    text = S.scenario_specs("tiny-bbc", "text", ["business", "sport", "tech"], 400)
+    image = S.scenario_specs("tiny-mnist", "image", [str(d) for d in range(10)], 1500)
+    assert text == ("backdoor:cf:sport:8", "mislabel:8") and image == ("backdoor:patch:0:30", "mislabel:30")
+    for spec in text + image + S.READY_SCENARIOS["minilm-bbc"] + S.READY_SCENARIOS["vit-mnist"]:
+        parsed = parse_scenario(spec)
+        assert parsed.kind in S.scenario_label(spec).lower().replace("mislabeled", "mislabel")
+        assert str(parsed.n) in S.scenario_label(spec) and str(parsed.n) in S.scenario_explanation(spec)
+    from mape.presets import get_preset, load_dataset_for
+    from mape.scenarios import resolve_scenario
+
+    for name, specs in S.READY_SCENARIOS.items():  # the ready-made ones resolve on the data the app trains on
+        ds = load_dataset_for(get_preset(name), None, S.train_limit_for(name, False))
+        for spec in specs:
+            assert resolve_scenario(spec, ds).size == parse_scenario(spec).n
+    assert S.scenario_label("") == "Clean training data" and S.scenario_label("nonsense:1") == "nonsense:1"
+    with pytest.raises(MapeError):
+        S.scenario_explanation("backdoor::sport:4")
+    assert (S.compose_spec("poisoned", "all"), S.compose_spec("poisoned", ""), S.compose_spec("poisoned", "25%")) == (
+        "poisoned", "poisoned", "poisoned:25%")
