@@ -235,7 +235,7 @@ def check_compare(page, tmp_path: Path) -> None:
     upload.set_input_files([str(saved)])
     wait_until(lambda: "Opened 1 file(s)" in status_text_of(page, "compare-status"), 60, "the opened comparison")
     status = status_text_of(page, "compare-status")
-    assert "tiny-mnist · class:3 · seed 0" in status and "Closest to retrain: mape" in status, status
+    assert f"{PRESETS[1]} · class:3 · seed 0" in status and "Closest to retrain: mape" in status, status
     assert page.inner_text("#compare-table") == table
 
 
