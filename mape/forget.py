@@ -69,6 +69,18 @@ def _count(text: str, spec: str) -> int:
     return n
 
 
+def share_count(arg: str, total: int, shown: str, example: str) -> int:
+    """How many of ``total`` examples a share ``P%`` asks for (at least one); MapeError unless P is a
+    number in (0, 100]. ``shown``: the spec as quoted in messages, ``example``: a valid spec to suggest."""
+    try:
+        pct = float(arg[:-1])
+    except ValueError:
+        pct = float("nan")
+    if not math.isfinite(pct) or not 0 < pct <= 100:
+        raise MapeError(f"The percentage in forget spec {shown} must be a number in (0, 100], e.g. {example}.")
+    return max(1, int(round(total * pct / 100)))
+
+
 def _sample(pool: np.ndarray, n: int, rng, spec: str) -> np.ndarray:
     if n > len(pool):
         raise MapeError(
@@ -142,13 +154,7 @@ def select_forget(spec: str, dataset: Dataset, seed: int = 0,
     if kind == "random":
         arg = arg.strip()
         if arg.endswith("%"):
-            try:
-                pct = float(arg[:-1])
-            except ValueError:
-                pct = float("nan")
-            if not math.isfinite(pct) or not 0 < pct <= 100:
-                raise MapeError(f"The percentage in forget spec {shown} must be a number in (0, 100], e.g. random:5%.")
-            n = max(1, int(round(n_train * pct / 100)))
+            n = share_count(arg, n_train, shown, "random:5%")
         else:
             n = _count(arg, shown)
         idx = _sample(np.arange(n_train), n, rng, shown)

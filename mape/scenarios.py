@@ -31,6 +31,7 @@ import numpy as np
 
 from mape.data import Dataset, Split
 from mape.errors import MapeError
+from mape.forget import share_count
 
 SCENARIO_SEED = 0
 TEST_TRIGGER_SEED = 1          # positions of the trigger in the test texts (ASR)
@@ -357,14 +358,7 @@ def select_poisoned(arg: str, dataset: Dataset, rng, spec: str) -> np.ndarray:
     if not arg:
         return pool.copy()
     if arg.endswith("%"):
-        try:
-            pct = float(arg[:-1])
-        except ValueError:
-            pct = float("nan")
-        if not np.isfinite(pct) or not 0 < pct <= 100:
-            raise MapeError(f"The percentage in forget spec {_show(spec)} must be a number in (0, 100], "
-                            f"e.g. poisoned:50%.")
-        k = max(1, int(round(len(pool) * pct / 100)))
+        k = share_count(arg, len(pool), _show(spec), "poisoned:50%")
     else:
         if not _NUM_RE.match(arg) or int(arg) < 1:
             raise MapeError(f"The count {_show(arg)} in forget spec {_show(spec)} must be a whole number of at "
