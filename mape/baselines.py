@@ -25,8 +25,9 @@ Methods (names as the CLI takes them):
   labels on D_f plus D_r) on that mask with the auto number of steps.
 - ``scrub``: SCRUB (Kurmanji et al., 2023), teacher–student: the original is a frozen teacher; epochs of
   a max pass on D_f (ascend the distillation KL) and a min pass on the retain sample (KL + cross-entropy),
-  Adam at the recipe's lr on the same parameters as the full-parameter rules, the number of epochs chosen
-  by the same target (:func:`scrub`).
+  Adam at a tenth of the recipe's lr (``scrub_lr_scale``; at the full lr the first max pass already broke
+  MiniLM · BBC: forget 33 %, retain 92 %) on the same parameters as the full-parameter rules, the number of
+  epochs chosen by the same target, checked after every max pass and every epoch (:func:`scrub`).
 - ``ssd``: selective synaptic dampening. Diagonal Fisher on D_f (F_f) and on the retain sample (F_r),
   both per-example (``mape.scoring`` convention), over the same parameters; entries with
   F_f > α·F_r are multiplied by min(λ·F_r/F_f, 1); α = 10, λ = 1. No step size (α, λ fixed), so the
@@ -135,6 +136,7 @@ class BaselineConfig:
     ssd_alpha: float = 10.0             # SSD selection threshold α
     ssd_lambda: float = 1.0             # SSD dampening constant λ
     scrub_epochs: int = 5               # SCRUB: at most this many max/min epochs (auto: stops at the target)
+    scrub_lr_scale: float = 0.1         # SCRUB: Adam lr = this × the recipe's (or --lr); 1.0 overshot (below)
 
     def validate(self) -> None:
         from mape.pipeline import UnlearnConfig
@@ -147,6 +149,8 @@ class BaselineConfig:
             raise MapeError(f"The SalUn fraction must be in (0, 1], got {self.salun_fraction!r}.")
         if self.ssd_alpha <= 0 or self.ssd_lambda <= 0:
             raise MapeError("SSD's alpha and lambda must be positive.")
+        if not 0 < self.scrub_lr_scale <= 10:
+            raise MapeError(f"The SCRUB lr scale must be in (0, 10], got {self.scrub_lr_scale!r}.")
         if self.ft_epochs < 1 or (self.ft_max_steps is not None and self.ft_max_steps < 1):
             raise MapeError("ft needs at least one epoch and one step.")
         if not isinstance(self.scrub_epochs, int) or self.scrub_epochs < 1:
@@ -299,8 +303,9 @@ def scrub(task: TaskModel, forget: Encoded, retain: Encoded, evaluate, target: T
     moving away from the teacher on the forget set — (only in the first ``SCRUB_MAX_EPOCHS`` epochs) and a
     *min* pass over the retain sample — descend KL(teacher ‖ student) + cross-entropy, staying with the
     teacher elsewhere — with Adam at ``lr`` on ``params`` (default: the Transformer layers, as the other
-    full-parameter baselines). After every epoch the check samples are measured against ``target``; the
-    epoch closest to it is kept (auto number of epochs, the same rule as the other iterative methods).
+    full-parameter baselines). After every max pass (recorded as epoch − ½) and every epoch the check samples
+    are measured against ``target``; the state closest to it is kept (auto number of epochs, the same rule as
+    the other iterative methods).
     As in the authors' code the student trains with dropout on (train mode): at the start student and
     teacher are equal and the max pass's KL gradient would be exactly zero without it."""
     params = params if params is not None else layer_params(task)
@@ -327,6 +332,9 @@ def scrub(task: TaskModel, forget: Encoded, retain: Encoded, evaluate, target: T
             if epoch <= SCRUB_MAX_EPOCHS:
                 for x, _ in forget.batches(batch_size, device, shuffle_seed=seed * 1000 + epoch):
                     sgd_step(-_distill_kl(task.logits(x).float(), teacher_logits(x)))
+                if kept.record(epoch - 0.5, evaluate()):  # after the max pass: it may already be there
+                    break
+                model.train()
             for x, y in retain.batches(batch_size, device, shuffle_seed=seed * 1000 + 500 + epoch):
                 logits = task.logits(x).float()
                 sgd_step(_distill_kl(logits, teacher_logits(x)) + Fn.cross_entropy(logits, y))
@@ -470,10 +478,11 @@ def run_method(ws, method: str | MethodSpec, forget: ForgetSet, seed: int = 0, c
     elif spec.kind == "scrub":
         target = forget_target(ws, forget, evaluate().retain_acc, config.tolerance, seed)
         details["forget_target"] = target.to_json()
-        report = scrub(task, ctx.forget_enc, ctx.retain_enc, evaluate, target, lr=lr, batch_size=config.batch_size,
+        report = scrub(task, ctx.forget_enc, ctx.retain_enc, evaluate, target, lr=lr * config.scrub_lr_scale,
+                       batch_size=config.batch_size,
                        seed=seed, max_epochs=config.scrub_epochs, progress=prog)
         details.update({"rule": "scrub", "epochs": report.step, "reached_target": report.reached_target,
-                        "trials": len(report.trials), "temperature": SCRUB_T})
+                        "trials": len(report.trials), "temperature": SCRUB_T, "lr": lr * config.scrub_lr_scale})
     elif spec.kind == "ssd":
         rep = ssd_dampen(task, ctx.forget_enc, ctx.retain_enc, config.ssd_alpha, config.ssd_lambda, config.batch_size)
         details.update(rep.to_json())

@@ -591,7 +591,7 @@ def unlearn(ws: Workspace, forget_spec: str | ForgetSet, config: UnlearnConfig |
     t1 = time.perf_counter()
     if config.update == "so":
         report = _so_steps(task, mp, mg, forget_enc, retain_enc, config, evaluate, target, progress,
-                           budget_s=FOLLOW_UP_BUDGET * t_search)
+                           budget_s=FOLLOW_UP_BUDGET * t_search, search_s=t_search)
     else:
         report = iterative_update(task, config.update, mp, forget_enc, retain_enc, config.step, evaluate, target,
                                   lr=config.lr or ws.preset.recipe.lr, batch_size=config.batch_size,
@@ -630,6 +630,16 @@ def unlearn(ws: Workspace, forget_spec: str | ForgetSet, config: UnlearnConfig |
 
 FOLLOW_UP_STALL = 0.9   # a follow-up step must cut the miss to the target by at least 10 % to go on
 FOLLOW_UP_BUDGET = 1.0  # follow-up steps may take at most this multiple of the search time
+FOLLOW_UP_RETAIN = 128  # retain examples of a follow-up's repair gradient (the first of the seeded retain sample)
+
+
+def _first_follow_up_estimate(search_s: float, first_step_s: float, n_left: int, n_retain: int,
+                              n_forget: int, n_search_retain: int) -> float:
+    """Seconds the first follow-up step will take, before it has run: its two gradient passes cost at most
+    the search's gradient pass scaled by the examples they see (the search's pass also collects per-example
+    statistics, so this errs long), and its step-size trials about as long as the first step's."""
+    share = (n_left + n_retain) / max(1, n_forget + n_search_retain)
+    return search_s * share + first_step_s
 
 
 def _still_to_forget(task, forget_enc: Encoded, target: Target, batch_size: int) -> tuple[np.ndarray, str]:
@@ -653,35 +663,43 @@ def _unit(grad: dict) -> dict:
 
 
 def _so_steps(task, mp: MaskedParams, mg, forget_enc: Encoded, retain_enc: Encoded, config: UnlearnConfig,
-              evaluate, target: Target, progress: Progress | None, budget_s: float = float("inf")) -> UpdateReport:
+              evaluate, target: Target, progress: Progress | None, budget_s: float = float("inf"),
+              search_s: float = 0.0) -> UpdateReport:
     """The ``so`` update. With ``step='auto'``, when one step cannot reach the target within the retain
     tolerance, up to ``config.so_steps - 1`` further steps follow from the chosen point, each recomputing
-    its gradient there on the examples :func:`_still_to_forget` names, minus the retain sample's
-    (repairing what the previous steps cost): d = M ⊙ (Î_r + λ)⁻¹ ⊙ (ĝ_f,left − ĝ_r), both gradients
+    its gradient there on the examples :func:`_still_to_forget` names, minus that of the first
+    ``FOLLOW_UP_RETAIN`` examples of the retain sample (repairing what the previous steps cost): d = M ⊙ (Î_r + λ)⁻¹ ⊙ (ĝ_f,left − ĝ_r), both gradients
     scaled to unit norm when the forget one is on the log loss. The retain Fisher Î_r is kept.
     Follow-ups stop early — and say why in ``stopped`` — when the next one would take the follow-ups past
-    ``budget_s`` (the search time: no run spends longer on follow-ups than on its search), or when a step
+    ``budget_s`` (the search time: no run spends longer on follow-ups than on its search; the first one's
+    cost is estimated from ``search_s`` and the first step, later ones from the previous one), or when a step
     cuts the miss to the target by less than 10 % (the step is undone: the target is out of reach from
     here). The report lists every step's trials (``round`` = step number)."""
     prog = (lambda s, f: progress(s, f)) if progress else None
+    t_first = time.perf_counter()
     report = so_update(task, mp, so_direction(mp, mg.param_forget_grad, mg.param_retain_fisher, config.damping),
                        config.step, evaluate, target, progress=prog)
+    first_step_s = time.perf_counter() - t_first
     steps, trials = [report.step], [{**t, "round": 1} for t in report.trials]
     params, stopped, last = list(mp.masks), None, report.final
-    t0, step_s = time.perf_counter(), 0.0
+    repair_enc = retain_enc.take(np.arange(min(len(retain_enc), FOLLOW_UP_RETAIN)))
+    t0, step_s, seconds = time.perf_counter(), None, [first_step_s]
     while config.step == "auto" and not report.reached_target and len(steps) < config.so_steps:
-        spent = time.perf_counter() - t0
-        if spent + step_s > budget_s:
-            stopped = f"time: another follow-up step would take the follow-ups past the search time ({budget_s:.1f} s)"
-            break
         t_step = time.perf_counter()
-        left, loss_kind = _still_to_forget(task, forget_enc, target, config.batch_size)
+        left, loss_kind = ([], None) if t_step - t0 >= budget_s else \
+            _still_to_forget(task, forget_enc, target, config.batch_size)
+        next_s = step_s if step_s is not None else _first_follow_up_estimate(
+            search_s, first_step_s, len(left), len(repair_enc), len(forget_enc), len(retain_enc))
+        if time.perf_counter() - t0 + next_s > budget_s:
+            stopped = (f"time: another follow-up step (about {next_s:.1f} s) would take the follow-ups past "
+                       f"the search time ({budget_s:.1f} s)")
+            break
         if len(left) == 0:
             break
         if progress:
             progress(f"so step {len(steps) + 1}: gradients on {len(left)} example(s) not yet forgotten", 0.0)
         grad_f = param_stats(task, forget_enc.take(left), params, "grad", config.batch_size, loss=loss_kind)
-        grad_r = param_stats(task, retain_enc, params, "grad", config.batch_size)
+        grad_r = param_stats(task, repair_enc, params, "grad", config.batch_size)
         if loss_kind == "logce":
             grad_f, grad_r = _unit(grad_f), _unit(grad_r)
         here = MaskedParams(mp.masks)  # the next step starts from the current point
@@ -690,6 +708,7 @@ def _so_steps(task, mp: MaskedParams, mg, forget_enc: Encoded, retain_enc: Encod
         report = so_update(task, here, direction, "auto", evaluate, target, progress=prog)
         trials += [{**t, "round": len(steps) + 1} for t in report.trials]
         step_s = time.perf_counter() - t_step
+        seconds.append(step_s)
         if last is not None and report.final is not None and \
                 target.miss(report.final.forget_acc, report.final.forget_losses) > \
                 FOLLOW_UP_STALL * target.miss(last.forget_acc, last.forget_losses) and target.feasible(last.retain_acc):
@@ -704,6 +723,7 @@ def _so_steps(task, mp: MaskedParams, mg, forget_enc: Encoded, retain_enc: Encod
         report.step = steps if len(steps) > 1 else steps[0]
         report.trials = trials
     report.stopped = stopped
+    report.step_seconds = seconds if config.step == "auto" else None
     report.params_changed = mp.changed()
     return report
 

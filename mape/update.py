@@ -139,6 +139,7 @@ class UpdateReport:
     target: dict | None = None  # the forget target the auto step aimed at, and where it came from
     final: Check | None = field(default=None, repr=False)  # the chosen trial's check (not serialised)
     stopped: str | None = None  # why follow-up steps ended early (so auto), if they did
+    step_seconds: list | None = None  # so auto: seconds of the first step and of each follow-up
 
     def to_json(self) -> dict:
         out = {"rule": self.rule, "step": self.step, "auto": self.auto, "trials": self.trials,
@@ -147,6 +148,8 @@ class UpdateReport:
             out["target"] = self.target
         if self.stopped is not None:
             out["stopped"] = self.stopped
+        if self.step_seconds is not None:
+            out["step_seconds"] = [round(x, 3) for x in self.step_seconds]
         return out
 
 
