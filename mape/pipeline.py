@@ -631,6 +631,7 @@ def unlearn(ws: Workspace, forget_spec: str | ForgetSet, config: UnlearnConfig |
 FOLLOW_UP_STALL = 0.9   # a follow-up step must cut the miss to the target by at least 10 % to go on
 FOLLOW_UP_BUDGET = 1.0  # follow-up steps may take at most this multiple of the search time
 FOLLOW_UP_RETAIN = 128  # retain examples of a follow-up's repair gradient (the first of the seeded retain sample)
+FOLLOW_UP_FORGET = 128  # at most this many of the forget examples left (the most confident) per follow-up gradient
 
 
 def _first_follow_up_estimate(search_s: float, first_step_s: float, n_left: int, n_retain: int,
@@ -642,19 +643,25 @@ def _first_follow_up_estimate(search_s: float, first_step_s: float, n_left: int,
     return search_s * share + first_step_s
 
 
-def _still_to_forget(task, forget_enc: Encoded, target: Target, batch_size: int) -> tuple[np.ndarray, str]:
+def _still_to_forget(task, forget_enc: Encoded, target: Target, batch_size: int,
+                     cap: int | None = None) -> tuple[np.ndarray, str]:
     """(forget examples the next step works on, loss it ascends). Against a loss distribution: the
     examples more confident than the unseen example of the same rank (1-D optimal transport matching),
     on the log loss (so near-certain examples move too). For a whole class: those still classified
-    correctly, on the cross-entropy."""
+    correctly, on the cross-entropy. With ``cap``: at most that many of them, the most confident (lowest
+    loss) — a follow-up gradient needs a direction, not every example, and these are furthest from unseen."""
     probs = task.predict_proba(forget_enc, batch_size)
     y = forget_enc.labels.numpy()
-    if target.reference_losses is None:
-        return np.flatnonzero(probs.argmax(1) == y), "ce"
     losses = example_losses(probs, y)
-    ranks = np.argsort(np.argsort(losses, kind="stable"), kind="stable")
-    matched = np.quantile(target.reference_losses, (ranks + 0.5) / len(losses))
-    return np.flatnonzero(losses < matched), "logce"
+    if target.reference_losses is None:
+        left, kind = np.flatnonzero(probs.argmax(1) == y), "ce"
+    else:
+        ranks = np.argsort(np.argsort(losses, kind="stable"), kind="stable")
+        matched = np.quantile(target.reference_losses, (ranks + 0.5) / len(losses))
+        left, kind = np.flatnonzero(losses < matched), "logce"
+    if cap is not None and len(left) > cap:
+        left = np.sort(left[np.argsort(losses[left], kind="stable")[:cap]])
+    return left, kind
 
 
 def _unit(grad: dict) -> dict:
@@ -667,7 +674,8 @@ def _so_steps(task, mp: MaskedParams, mg, forget_enc: Encoded, retain_enc: Encod
               search_s: float = 0.0) -> UpdateReport:
     """The ``so`` update. With ``step='auto'``, when one step cannot reach the target within the retain
     tolerance, up to ``config.so_steps - 1`` further steps follow from the chosen point, each recomputing
-    its gradient there on the examples :func:`_still_to_forget` names, minus that of the first
+    its gradient there on the examples :func:`_still_to_forget` names (at most ``FOLLOW_UP_FORGET``, the most
+    confident), minus that of the first
     ``FOLLOW_UP_RETAIN`` examples of the retain sample (repairing what the previous steps cost): d = M ⊙ (Î_r + λ)⁻¹ ⊙ (ĝ_f,left − ĝ_r), both gradients
     scaled to unit norm when the forget one is on the log loss. The retain Fisher Î_r is kept.
     Follow-ups stop early — and say why in ``stopped`` — when the next one would take the follow-ups past
@@ -687,7 +695,7 @@ def _so_steps(task, mp: MaskedParams, mg, forget_enc: Encoded, retain_enc: Encod
     while config.step == "auto" and not report.reached_target and len(steps) < config.so_steps:
         t_step = time.perf_counter()
         left, loss_kind = ([], None) if t_step - t0 >= budget_s else \
-            _still_to_forget(task, forget_enc, target, config.batch_size)
+            _still_to_forget(task, forget_enc, target, config.batch_size, cap=FOLLOW_UP_FORGET)
         next_s = step_s if step_s is not None else _first_follow_up_estimate(
             search_s, first_step_s, len(left), len(repair_enc), len(forget_enc), len(retain_enc))
         if time.perf_counter() - t0 + next_s > budget_s:
