@@ -35,6 +35,7 @@ further from a retrained model (measured on vit-mnist class:3).
 from __future__ import annotations
 
 import math
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable
@@ -273,25 +274,34 @@ class KeepClosest:
 
 
 def so_update(task: TaskModel, mp: MaskedParams, direction: dict, step, evaluate, target: Target,
-              progress: Progress | None = None) -> UpdateReport:
-    """Apply the ``so`` step with a fixed η, or choose η by forward passes (``step='auto'``)."""
+              progress: Progress | None = None, deadline: float | None = None) -> UpdateReport:
+    """Apply the ``so`` step with a fixed η, or choose η by forward passes (``step='auto'``). With a
+    ``deadline`` (a ``time.perf_counter()`` value), a trial after the first starts only if one more trial as
+    long as the longest so far still ends before it; the closest trial so far is then kept."""
     if step != "auto":
         mp.set_offset(direction, float(step))
         return UpdateReport("so", float(step), False, params_changed=mp.changed())
-    trials, checks = [], []
+    trials, checks, took = [], [], []
 
     def trial(eta: float) -> Check:
+        t0 = time.perf_counter()
         mp.set_offset(direction, eta)
         c = as_check(evaluate())
         trials.append({"step": eta, **target.describe(c)})
         checks.append(c)
+        took.append(time.perf_counter() - t0)
         if progress:
             progress("step size", min(1.0, len(trials) / (len(SO_GRID) + 2)))
         return c
 
+    def time_left() -> bool:
+        return deadline is None or not took or time.perf_counter() + max(took) <= deadline
+
     lo = 0.0
     hi = None
     for eta in SO_GRID:
+        if not time_left():
+            break
         c = trial(eta)
         if target.settled(c):
             hi = eta
@@ -300,6 +310,8 @@ def so_update(task: TaskModel, mp: MaskedParams, direction: dict, step, evaluate
     if hi == SO_GRID[0] and target.overshot(c.forget_acc, c.forget_losses):
         # the smallest grid step already pushes D_f well past the target: go down
         for _ in range(DOWN_STEPS):
+            if not time_left():
+                break
             eta = hi / 3
             c = trial(eta)
             if not target.overshot(c.forget_acc, c.forget_losses):
@@ -308,6 +320,8 @@ def so_update(task: TaskModel, mp: MaskedParams, direction: dict, step, evaluate
             hi = eta
     if hi is not None and lo > 0:
         for _ in range(2):  # log-space bisection: the last step short of the target, the first past it
+            if not time_left():
+                break
             mid = math.sqrt(lo * hi)
             if target.settled(trial(mid)):
                 hi = mid
