@@ -479,11 +479,11 @@ def run_method(ws, method: str | MethodSpec, forget: ForgetSet, seed: int = 0, c
     elif spec.kind == "scrub":
         target = forget_target(ws, forget, evaluate().retain_acc, config.tolerance, seed)
         details["forget_target"] = target.to_json()
-        report = scrub(task, ctx.forget_enc, ctx.retain_enc, evaluate, target, lr=lr * config.scrub_lr_scale,
-                       batch_size=config.batch_size,
-                       seed=seed, max_epochs=config.scrub_epochs, progress=prog)
+        scrub_lr = lr * config.scrub_lr_scale
+        report = scrub(task, ctx.forget_enc, ctx.retain_enc, evaluate, target, lr=scrub_lr,
+                       batch_size=config.batch_size, seed=seed, max_epochs=config.scrub_epochs, progress=prog)
         details.update({"rule": "scrub", "epochs": report.step, "reached_target": report.reached_target,
-                        "trials": len(report.trials), "temperature": SCRUB_T, "lr": lr * config.scrub_lr_scale})
+                        "trials": len(report.trials), "temperature": SCRUB_T, "lr": scrub_lr})
     elif spec.kind == "ssd":
         rep = ssd_dampen(task, ctx.forget_enc, ctx.retain_enc, config.ssd_alpha, config.ssd_lambda, config.batch_size)
         details.update(rep.to_json())

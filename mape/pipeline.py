@@ -637,9 +637,9 @@ FOLLOW_UP_GRAD_MARGIN = 1.5  # safety factor of the first follow-up's gradient-t
 
 def _gradient_estimate(search_s: float, n_left: int, n_retain: int, n_forget: int, n_search_retain: int) -> float:
     """Seconds the first follow-up's two gradient passes will take, before they have run: the search's
-    gradient pass scaled by the examples they see, times ``FOLLOW_UP_GRAD_MARGIN`` (the log-loss pass over
-    the whole selected parameters costs more per example than the search's pass: 16.7 s measured on
-    MiniLM · BBC where the plain scaling said 12.9 s)."""
+    gradient pass scaled by the examples they see, times ``FOLLOW_UP_GRAD_MARGIN`` (without it the estimate
+    ran short: on MiniLM · BBC a first follow-up took 16.7 s where the scaled gradient passes plus the first
+    step's time predicted 12.9 s)."""
     share = (n_left + n_retain) / max(1, n_forget + n_search_retain)
     return search_s * share * FOLLOW_UP_GRAD_MARGIN
 
@@ -675,16 +675,17 @@ def _so_steps(task, mp: MaskedParams, mg, forget_enc: Encoded, retain_enc: Encod
               search_s: float = 0.0) -> UpdateReport:
     """The ``so`` update. With ``step='auto'``, when one step cannot reach the target within the retain
     tolerance, up to ``config.so_steps - 1`` further steps follow from the chosen point, each recomputing
-    its gradient there on the examples :func:`_still_to_forget` names (at most ``FOLLOW_UP_FORGET``, the most
-    confident), minus that of the first
-    ``FOLLOW_UP_RETAIN`` examples of the retain sample (repairing what the previous steps cost): d = M ⊙ (Î_r + λ)⁻¹ ⊙ (ĝ_f,left − ĝ_r), both gradients
-    scaled to unit norm when the forget one is on the log loss. The retain Fisher Î_r is kept.
+    its gradient there on the examples :func:`_still_to_forget` names (at most ``FOLLOW_UP_FORGET``, the
+    most confident), minus that of the first ``FOLLOW_UP_RETAIN`` examples of the retain sample (repairing
+    what the previous steps cost): d = M ⊙ (Î_r + λ)⁻¹ ⊙ (ĝ_f,left − ĝ_r), both gradients scaled to unit
+    norm when the forget one is on the log loss. The retain Fisher Î_r is kept.
     Follow-ups stop early — and say why in ``stopped`` — when the next one would take the follow-ups past
-    ``budget_s`` (the search time: no run spends longer on follow-ups than on its search) — a follow-up starts
-    only if its gradient passes (the first one's estimated from ``search_s``, later ones as long as the
-    previous one's) and one step-size trial fit in what is left, and its trials stop at that deadline — or when a step
+    ``budget_s`` (the search time: no run spends longer on follow-ups than on its search), or when a step
     cuts the miss to the target by less than 10 % (the step is undone: the target is out of reach from
-    here). The report lists every step's trials (``round`` = step number)."""
+    here). A follow-up starts only if its gradient passes (the first one's estimated from ``search_s`` by
+    :func:`_gradient_estimate`, later ones as long as the previous one's) and one step-size trial fit in
+    what is left; its trials stop at that deadline. The report lists every step's trials (``round`` = step
+    number) and ``step_seconds``."""
     prog = (lambda s, f: progress(s, f)) if progress else None
     t_first = time.perf_counter()
     report = so_update(task, mp, so_direction(mp, mg.param_forget_grad, mg.param_retain_fisher, config.damping),

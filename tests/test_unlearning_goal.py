@@ -198,11 +198,12 @@ def test_follow_ups_work_on_the_examples_more_confident_than_their_unseen_counte
     assert kind == "ce" and np.array_equal(left_acc, correct)
 
 
-def test_follow_up_steps_never_outspend_a_zero_search_budget(bbc_ws):
-    """With no time budget the follow-ups stop before the first one and say so."""
-    from mape.forget import select_forget
-    from mape.pipeline import UnlearnConfig, _so_steps, forget_target, request_samples
+def _hard_follow_up_case(bbc_ws):
+    """A fresh clone of the BBC model, its MAPE search on random:24 and a target with both slacks at 0 (hard
+    to reach exactly: a follow-up would be wanted). Returns (smp, task, mp, mg, evaluate, target)."""
     from mape.adapters import unit_param_masks
+    from mape.forget import select_forget
+    from mape.pipeline import forget_target, request_samples
     from mape.search import search
     from mape.update import check
 
@@ -213,8 +214,15 @@ def test_follow_up_steps_never_outspend_a_zero_search_budget(bbc_ws):
     mp = MaskedParams(unit_param_masks(task.adapter, torch.as_tensor(sel.heads), torch.as_tensor(sel.filters)))
     evaluate = lambda: check(task, smp.check_f, smp.check_r)  # noqa: E731
     target = forget_target(bbc_ws, forget, evaluate().retain_acc, 0.0, 0)
-    target.shift_slack = 0.0  # hard to reach exactly: a follow-up would be wanted
-    target.slack = 0.0
+    target.shift_slack, target.slack = 0.0, 0.0
+    return smp, task, mp, mg, evaluate, target
+
+
+def test_follow_up_steps_never_outspend_a_zero_search_budget(bbc_ws):
+    """With no time budget the follow-ups stop before the first one and say so."""
+    from mape.pipeline import UnlearnConfig, _so_steps
+
+    smp, task, mp, mg, evaluate, target = _hard_follow_up_case(bbc_ws)
     report = _so_steps(task, mp, mg, smp.forget_enc, smp.retain_enc, UnlearnConfig(), evaluate, target, None,
                        budget_s=0.0)
     if not report.reached_target:
@@ -222,24 +230,14 @@ def test_follow_up_steps_never_outspend_a_zero_search_budget(bbc_ws):
 
 
 def test_the_first_follow_up_is_estimated_before_it_runs(bbc_ws):
-    """The first follow-up has no earlier follow-up to time: its cost is estimated from the search's gradient
-    pass (scaled by the examples it will see) plus the first step, and a follow-up that would not fit in the
-    search time does not start (before, the first one always ran: 25 s after a 15 s search on BBC)."""
-    from mape.adapters import unit_param_masks
-    from mape.forget import select_forget
-    from mape.pipeline import FOLLOW_UP_GRAD_MARGIN, UnlearnConfig, _gradient_estimate, _so_steps, forget_target, request_samples
-    from mape.search import search
-    from mape.update import check
+    """The first follow-up has no earlier follow-up to time: its gradient passes are estimated from the
+    search's (scaled by the examples they will see, with a margin), plus one step-size trial, and a follow-up
+    that would not fit in the search time does not start (before, the first one always ran: 25 s after a 15 s
+    search on BBC); the trials of one that starts stop at the deadline."""
+    from mape.pipeline import FOLLOW_UP_GRAD_MARGIN, UnlearnConfig, _gradient_estimate, _so_steps
 
     assert _gradient_estimate(10.0, 50, 128, 100, 400) == pytest.approx(10.0 * 178 / 500 * FOLLOW_UP_GRAD_MARGIN)
-    forget = select_forget("random:24", bbc_ws.dataset, 0)
-    smp = request_samples(bbc_ws, forget, forget.indices, 0, 64)
-    task = bbc_ws.task.clone()
-    sel, mg = search(task, smp.forget_enc, smp.retain_enc, sparsity=0.9, with_params=True)
-    mp = MaskedParams(unit_param_masks(task.adapter, torch.as_tensor(sel.heads), torch.as_tensor(sel.filters)))
-    evaluate = lambda: check(task, smp.check_f, smp.check_r)  # noqa: E731
-    target = forget_target(bbc_ws, forget, evaluate().retain_acc, 0.0, 0)
-    target.shift_slack, target.slack = 0.0, 0.0  # hard to reach exactly: a follow-up would be wanted
+    smp, task, mp, mg, evaluate, target = _hard_follow_up_case(bbc_ws)
     # a budget of 60 s, but a search that took 10,000 s: the estimate alone rules the first follow-up out
     report = _so_steps(task, mp, mg, smp.forget_enc, smp.retain_enc, UnlearnConfig(), evaluate, target, None,
                        budget_s=60.0, search_s=10_000.0)
@@ -248,11 +246,9 @@ def test_the_first_follow_up_is_estimated_before_it_runs(bbc_ws):
     assert len(report.step_seconds) == 1 and report.to_json()["step_seconds"][0] > 0
     # a fast search and a budget of 3 s: follow-ups run, each timed, and together they stay within
     # the budget (up to one step-size trial, the granularity of the deadline)
-    task2 = bbc_ws.task.clone()
-    sel2, mg2 = search(task2, smp.forget_enc, smp.retain_enc, sparsity=0.9, with_params=True)
-    mp2 = MaskedParams(unit_param_masks(task2.adapter, torch.as_tensor(sel2.heads), torch.as_tensor(sel2.filters)))
-    report2 = _so_steps(task2, mp2, mg2, smp.forget_enc, smp.retain_enc, UnlearnConfig(),
-                        lambda: check(task2, smp.check_f, smp.check_r), target, None, budget_s=3.0, search_s=0.0)
+    smp, task2, mp2, mg2, evaluate2, target = _hard_follow_up_case(bbc_ws)
+    report2 = _so_steps(task2, mp2, mg2, smp.forget_enc, smp.retain_enc, UnlearnConfig(), evaluate2, target, None,
+                        budget_s=3.0, search_s=0.0)
     steps = report2.step if isinstance(report2.step, list) else [report2.step]
     first_trials = sum(1 for t in report2.trials if t.get("round", 1) == 1)
     trial_s = report2.step_seconds[0] / first_trials
