@@ -27,8 +27,8 @@ from mape.presets import Preset, build_start_model, custom_preset, get_preset, l
 from mape.scoring import OBJECTIVES, param_stats, sample_retain
 from mape.search import Selection, search
 from mape.train import train
-from mape.update import (UPDATES, MaskedParams, Target, UpdateReport, check, iterative_update, so_direction,
-                         so_update)
+from mape.update import (GRAD_WORK, UPDATES, MaskedParams, Target, UpdateReport, Work, check, iterative_update,
+                         so_direction, so_update)
 
 Progress = Callable[..., None]   # progress(stage: str, fraction: float, selection: Selection | None = None)
 
@@ -591,7 +591,8 @@ def unlearn(ws: Workspace, forget_spec: str | ForgetSet, config: UnlearnConfig |
     t1 = time.perf_counter()
     if config.update == "so":
         report = _so_steps(task, mp, mg, forget_enc, retain_enc, config, evaluate, target, progress,
-                           budget_s=FOLLOW_UP_BUDGET * t_search, search_s=t_search)
+                           budget=FOLLOW_UP_BUDGET * search_work(len(forget_enc), len(retain_enc)),
+                           trial_work=len(smp.check_f) + len(smp.check_r))
     else:
         report = iterative_update(task, config.update, mp, forget_enc, retain_enc, config.step, evaluate, target,
                                   lr=config.lr or ws.preset.recipe.lr, batch_size=config.batch_size,
@@ -629,19 +630,15 @@ def unlearn(ws: Workspace, forget_spec: str | ForgetSet, config: UnlearnConfig |
 
 
 FOLLOW_UP_STALL = 0.9   # a follow-up step must cut the miss to the target by at least 10 % to go on
-FOLLOW_UP_BUDGET = 1.0  # follow-up steps may take at most this multiple of the search time
+FOLLOW_UP_BUDGET = 1.0  # follow-up steps may do at most this multiple of the search's model work
 FOLLOW_UP_RETAIN = 128  # retain examples of a follow-up's repair gradient (the first of the seeded retain sample)
 FOLLOW_UP_FORGET = 128  # at most this many of the forget examples left (the most confident) per follow-up gradient
-FOLLOW_UP_GRAD_MARGIN = 1.5  # safety factor of the first follow-up's gradient-time estimate
 
 
-def _gradient_estimate(search_s: float, n_left: int, n_retain: int, n_forget: int, n_search_retain: int) -> float:
-    """Seconds the first follow-up's two gradient passes will take, before they have run: the search's
-    gradient pass scaled by the examples they see, times ``FOLLOW_UP_GRAD_MARGIN`` (without it the estimate
-    ran short: on MiniLM · BBC a first follow-up took 16.7 s where the scaled gradient passes plus the first
-    step's time predicted 12.9 s)."""
-    share = (n_left + n_retain) / max(1, n_forget + n_search_retain)
-    return search_s * share * FOLLOW_UP_GRAD_MARGIN
+def search_work(n_forget: int, n_retain: int) -> float:
+    """The search's model work in forward-example units: one gradient pass over D_f and the retain sample
+    (its greedy refinement is arithmetic on the stored gate gradients, not counted: the budget errs short)."""
+    return GRAD_WORK * (n_forget + n_retain)
 
 
 def _still_to_forget(task, forget_enc: Encoded, target: Target, batch_size: int,
@@ -671,67 +668,59 @@ def _unit(grad: dict) -> dict:
 
 
 def _so_steps(task, mp: MaskedParams, mg, forget_enc: Encoded, retain_enc: Encoded, config: UnlearnConfig,
-              evaluate, target: Target, progress: Progress | None, budget_s: float = float("inf"),
-              search_s: float = 0.0) -> UpdateReport:
+              evaluate, target: Target, progress: Progress | None, budget: float = float("inf"),
+              trial_work: float = 0.0) -> UpdateReport:
     """The ``so`` update. With ``step='auto'``, when one step cannot reach the target within the retain
     tolerance, up to ``config.so_steps - 1`` further steps follow from the chosen point, each recomputing
     its gradient there on the examples :func:`_still_to_forget` names (at most ``FOLLOW_UP_FORGET``, the
     most confident), minus that of the first ``FOLLOW_UP_RETAIN`` examples of the retain sample (repairing
     what the previous steps cost): d = M ⊙ (Î_r + λ)⁻¹ ⊙ (ĝ_f,left − ĝ_r), both gradients scaled to unit
     norm when the forget one is on the log loss. The retain Fisher Î_r is kept.
-    Follow-ups stop early — and say why in ``stopped`` — when the next one would take the follow-ups past
-    ``budget_s`` (the search time: no run spends longer on follow-ups than on its search), or when a step
-    cuts the miss to the target by less than 10 % (the step is undone: the target is out of reach from
-    here). A follow-up starts only if its gradient passes (the first one's estimated from ``search_s`` by
-    :func:`_gradient_estimate`, later ones as long as the previous one's) and one step-size trial fit in
-    what is left; its trials stop at that deadline. The report lists every step's trials (``round`` = step
-    number) and ``step_seconds``."""
+    Follow-ups stop early — and say why in ``stopped`` — when the next one would take their model work past
+    ``budget`` (the search's work, :func:`search_work`: no run spends longer on follow-ups than on its
+    search), or when a step cuts the miss to the target by less than 10 % (the step is undone: the target
+    is out of reach from here). Work is counted in forward-example units (:class:`mape.update.Work`): a
+    follow-up's gradients cost ``GRAD_WORK`` per example, each step-size trial ``trial_work``; a follow-up
+    starts only if its gradients and one trial fit, and its trials stop when the next would not. Counting
+    instead of timing keeps a seeded run identical on every machine. The report lists every step's trials
+    (``round`` = step number), ``step_seconds`` and ``work``."""
     prog = (lambda s, f: progress(s, f)) if progress else None
     t_first = time.perf_counter()
     report = so_update(task, mp, so_direction(mp, mg.param_forget_grad, mg.param_retain_fisher, config.damping),
                        config.step, evaluate, target, progress=prog)
-    first_step_s = time.perf_counter() - t_first
+    seconds = [time.perf_counter() - t_first]
     steps, trials = [report.step], [{**t, "round": 1} for t in report.trials]
     params, stopped, last = list(mp.masks), None, report.final
     repair_enc = retain_enc.take(np.arange(min(len(retain_enc), FOLLOW_UP_RETAIN)))
-    t0, seconds, grad_s = time.perf_counter(), [first_step_s], None
-    deadline = t0 + budget_s
-    trial_s = first_step_s / max(1, len(report.trials))  # one step-size trial (forward passes on the checks)
+    work = Work(budget)
 
-    def out_of_time(need_s: float, what: str) -> str | None:
-        if time.perf_counter() + need_s <= deadline:
+    def out_of_work(need: float) -> str | None:
+        if work.fits(need):
             return None
-        return f"time: {what} (about {need_s:.1f} s) would take the follow-ups past the search time ({budget_s:.1f} s)"
+        return (f"work: another follow-up step ({need:.0f} example passes) would take the follow-ups past the "
+                f"search's work ({work.budget:.0f}; {work.spent:.0f} spent)")
 
     while config.step == "auto" and not report.reached_target and len(steps) < config.so_steps:
-        t_step = time.perf_counter()
-        if t_step >= deadline:
-            stopped = out_of_time(0.0, "another follow-up step")
-            break
         left, loss_kind = _still_to_forget(task, forget_enc, target, config.batch_size, cap=FOLLOW_UP_FORGET)
         if len(left) == 0:
             break
-        need = (grad_s if grad_s is not None else _gradient_estimate(
-            search_s, len(left), len(repair_enc), len(forget_enc), len(retain_enc))) + trial_s
-        stopped = out_of_time(need, "another follow-up step")
+        grad_work = GRAD_WORK * (len(left) + len(repair_enc))
+        stopped = out_of_work(grad_work + trial_work)
         if stopped:
             break
         if progress:
             progress(f"so step {len(steps) + 1}: gradients on {len(left)} example(s) not yet forgotten", 0.0)
-        t_grad = time.perf_counter()
+        t_step = time.perf_counter()
         grad_f = param_stats(task, forget_enc.take(left), params, "grad", config.batch_size, loss=loss_kind)
         grad_r = param_stats(task, repair_enc, params, "grad", config.batch_size)
-        grad_s = time.perf_counter() - t_grad
-        stopped = out_of_time(trial_s, "a step-size trial after this follow-up's gradients")
-        if stopped:  # nothing applied: the parameters stay where the last step left them
-            seconds.append(time.perf_counter() - t_step)
-            break
+        work.spend(grad_work)
         if loss_kind == "logce":
             grad_f, grad_r = _unit(grad_f), _unit(grad_r)
         here = MaskedParams(mp.masks)  # the next step starts from the current point
         direction = so_direction(here, {p: grad_f[p] - grad_r[p] for p in params}, mg.param_retain_fisher,
                                  config.damping)
-        report = so_update(task, here, direction, "auto", evaluate, target, progress=prog, deadline=deadline)
+        report = so_update(task, here, direction, "auto", evaluate, target, progress=prog, work=work,
+                           trial_work=trial_work)
         trials += [{**t, "round": len(steps) + 1} for t in report.trials]
         seconds.append(time.perf_counter() - t_step)
         if last is not None and report.final is not None and \
@@ -748,7 +737,9 @@ def _so_steps(task, mp: MaskedParams, mg, forget_enc: Encoded, retain_enc: Encod
         report.step = steps if len(steps) > 1 else steps[0]
         report.trials = trials
     report.stopped = stopped
-    report.step_seconds = seconds if config.step == "auto" else None
+    if config.step == "auto":
+        report.step_seconds = seconds
+        report.work = work.to_json()
     report.params_changed = mp.changed()
     return report
 
