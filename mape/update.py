@@ -298,10 +298,12 @@ class KeepClosest:
 
 
 def so_update(task: TaskModel, mp: MaskedParams, direction: dict, step, evaluate, target: Target,
-              progress: Progress | None = None, work: Work | None = None, trial_work: float = 0.0) -> UpdateReport:
+              progress: Progress | None = None, work: Work | None = None, trial_work: float = 0.0,
+              grid: tuple = SO_GRID) -> UpdateReport:
     """Apply the ``so`` step with a fixed η, or choose η by forward passes (``step='auto'``). With ``work``,
     each trial spends ``trial_work`` of it and a trial after the first starts only if that still fits; the
-    closest trial so far is then kept."""
+    closest trial so far is then kept. ``grid``: the step sizes tried in order (a follow-up starts near the
+    previous step's)."""
     if step != "auto":
         mp.set_offset(direction, float(step))
         return UpdateReport("so", float(step), False, params_changed=mp.changed())
@@ -315,7 +317,7 @@ def so_update(task: TaskModel, mp: MaskedParams, direction: dict, step, evaluate
         if work is not None:
             work.spend(trial_work)
         if progress:
-            progress("step size", min(1.0, len(trials) / (len(SO_GRID) + 2)))
+            progress("step size", min(1.0, len(trials) / (len(grid) + 2)))
         return c
 
     def work_left() -> bool:
@@ -323,7 +325,7 @@ def so_update(task: TaskModel, mp: MaskedParams, direction: dict, step, evaluate
 
     lo = 0.0
     hi = None
-    for eta in SO_GRID:
+    for eta in grid:
         if not work_left():
             break
         c = trial(eta)
@@ -331,7 +333,7 @@ def so_update(task: TaskModel, mp: MaskedParams, direction: dict, step, evaluate
             hi = eta
             break
         lo = eta
-    if hi == SO_GRID[0] and target.overshot(c.forget_acc, c.forget_losses):
+    if hi == grid[0] and target.overshot(c.forget_acc, c.forget_losses):
         # the smallest grid step already pushes D_f well past the target: go down
         for _ in range(DOWN_STEPS):
             if not work_left():
