@@ -27,8 +27,8 @@ from mape.presets import Preset, build_start_model, custom_preset, get_preset, l
 from mape.scoring import OBJECTIVES, param_stats, sample_retain
 from mape.search import Selection, search
 from mape.train import train
-from mape.update import (GRAD_WORK, SO_GRID, UPDATES, MaskedParams, Target, UpdateReport, Work, check, iterative_update,
-                         so_direction, so_update)
+from mape.update import (GRAD_WORK, SO_GRID, UPDATES, MaskedParams, Target, UpdateReport, Work, check,
+                         iterative_update, so_direction, so_update)
 
 Progress = Callable[..., None]   # progress(stage: str, fraction: float, selection: Selection | None = None)
 
@@ -650,7 +650,7 @@ def _still_to_forget(task, forget_enc: Encoded, target: Target, batch_size: int,
     examples more confident than the unseen example of the same rank (1-D optimal transport matching).
     For a whole class: those still classified correctly. Both on the log loss, so near-certain examples
     move too (on the cross-entropy, ViT · MNIST ``class:3`` kept 26.5 % over 3 seeds under the same work
-    budget, 19.0 % on the log loss over 5). With ``cap``: at most that many of them, the most confident
+    budget; on the log loss, with :func:`_follow_up_grid`'s step sizes, 19.0 % over 5). With ``cap``: at most that many of them, the most confident
     (lowest loss) — a follow-up gradient needs a direction, not every example, and these are furthest
     from unseen."""
     probs = task.predict_proba(forget_enc, batch_size)
