@@ -653,7 +653,8 @@ with $M$ the parameters owned by the selected units, $\hat I_r$ the diagonal par
 $\lambda$ a damping term (so $\eta$ is relative: the fraction of $\lVert\theta_M\rVert$ the step moves). Every other
 parameter stays **bit-identical**. With step size **auto**, $\eta$ is chosen from a small grid by forward passes only,
 so that $D_f$ ends up looking the way it would to a model retrained without it, while retain accuracy stays within a
-tolerance. For a whole class that is accuracy 0 (a class the model never learned). For a random, partial-class or
+tolerance and retain examples keep their confidence (a step that leaves them correct but unsure is one a membership
+attack reads). For a whole class that is accuracy 0 (a class the model never learned). For a random, partial-class or
 pattern set it is the accuracy **and the confidence** of examples the model never saw, of the same classes (the
 original's per-example losses on training examples a training limit left out, else on the test set, drawn in
 $D_f$'s class mix, with each class's log-probability moved by $\log\pi'_c - \log\pi_c$, the change of the class

@@ -457,7 +457,8 @@ def run_method(ws, method: str | MethodSpec, forget: ForgetSet, seed: int = 0, c
             details["mask_entries"] = int(sum(int(m.sum()) for m in masks.values()))
             details["mask_fraction"] = config.salun_fraction
         mp = MaskedParams(masks)
-        target = forget_target(ws, forget, evaluate().retain_acc, config.tolerance, seed)
+        start = evaluate()
+        target = forget_target(ws, forget, start.retain_acc, config.tolerance, seed, start.retain_losses)
         details["forget_target"] = target.to_json()
         if spec.update == "so":
             params = list(mp.masks)
@@ -477,7 +478,8 @@ def run_method(ws, method: str | MethodSpec, forget: ForgetSet, seed: int = 0, c
         details.update({"rule": report.rule, "step": report.step, "reached_target": report.reached_target,
                         "params_selected": mp.count, "trials": len(report.trials)})
     elif spec.kind == "scrub":
-        target = forget_target(ws, forget, evaluate().retain_acc, config.tolerance, seed)
+        start = evaluate()
+        target = forget_target(ws, forget, start.retain_acc, config.tolerance, seed, start.retain_losses)
         details["forget_target"] = target.to_json()
         scrub_lr = lr * config.scrub_lr_scale
         report = scrub(task, ctx.forget_enc, ctx.retain_enc, evaluate, target, lr=scrub_lr,

@@ -475,14 +475,18 @@ def loss_histograms(losses: dict[str, np.ndarray]) -> dict:
     return out
 
 
-def forget_target(ws: Workspace, forget: ForgetSet, retain_acc: float, tolerance: float, seed: int = 0) -> Target:
+def forget_target(ws: Workspace, forget: ForgetSet, retain_acc: float, tolerance: float, seed: int = 0,
+                  retain_losses: np.ndarray | None = None) -> Target:
     """What D_f should look like after unlearning (SPEC §2, ``mape.update`` docstring): for a whole class,
-    accuracy 0; otherwise the accuracy *and* the loss distribution of unseen examples of its classes."""
+    accuracy 0; otherwise the accuracy *and* the loss distribution of unseen examples of its classes.
+    ``retain_losses``: the starting model's losses on the retain check sample, which a step may not make
+    much less confident (:meth:`Target.feasible`)."""
     fa, source = forget_target_estimate(ws, forget)
     if forget.forget_class is not None:
-        return Target(fa, retain_acc, tolerance, slack=WHOLE_CLASS_SLACK, source=source)
+        return Target(fa, retain_acc, tolerance, slack=WHOLE_CLASS_SLACK, source=source,
+                      retain_reference_losses=retain_losses)
     return Target(fa, retain_acc, tolerance, source=f"{source}; loss distribution of the same examples",
-                  reference_losses=unseen_loss_reference(ws, forget, seed))
+                  reference_losses=unseen_loss_reference(ws, forget, seed), retain_reference_losses=retain_losses)
 
 
 def retrain_cache_key(ws: Workspace, forgotten: np.ndarray) -> tuple[str, str]:
@@ -590,7 +594,8 @@ def unlearn(ws: Workspace, forget_spec: str | ForgetSet, config: UnlearnConfig |
     from mape.adapters import unit_param_masks
 
     mp = MaskedParams(unit_param_masks(task.adapter, *masks_sel))
-    target = forget_target(ws, forget, evaluate().retain_acc, config.tolerance, config.seed)
+    start = evaluate()
+    target = forget_target(ws, forget, start.retain_acc, config.tolerance, config.seed, start.retain_losses)
     t1 = time.perf_counter()
     if config.update == "so":
         report = _so_steps(task, mp, mg, forget_enc, retain_enc, config, evaluate, target, progress,
@@ -738,7 +743,7 @@ def _so_steps(task, mp: MaskedParams, mg, forget_enc: Encoded, retain_enc: Encod
         seconds.append(time.perf_counter() - t_step)
         if last is not None and report.final is not None and \
                 target.miss(report.final.forget_acc, report.final.forget_losses) > \
-                FOLLOW_UP_STALL * target.miss(last.forget_acc, last.forget_losses) and target.feasible(last.retain_acc):
+                FOLLOW_UP_STALL * target.miss(last.forget_acc, last.forget_losses) and target.feasible_check(last):
             here.set_offset(direction, 0.0)  # undo: this step did not bring D_f closer to the target
             report.reached_target = target.met(last)
             report.final = last

@@ -13,7 +13,11 @@ Every rule writes through :class:`MaskedParams`, which sets each parameter to
 
 Step size ``auto``: candidates are tried with forward passes only, on a forget and a retain check
 sample, until D_f looks the way it would to a model retrained without it, while retain accuracy stays
-within ``tolerance`` of the original's; the chosen value is reported. "Looks the way it would" is the
+within ``tolerance`` of the original's and the retain check's losses rank at most ``retain_shift_slack``
+(0.1) above the starting model's (``Target.feasible``: on BBC ``class:tech:120`` seed 2 a step kept every
+retain example correct but made a quarter of them unsure — φ from 4.4 to −0.8 — and the membership
+attack, fitted on that model's own retain and test confidences, then called 69 % of D_f members; with the
+constraint MAPE's gap there fell from 18.1 to 4.1 points); the chosen value is reported. "Looks the way it would" is the
 :class:`Target`:
 
 - for a random, partial-class or pattern forget set, the forget examples' *loss distribution* must
@@ -47,6 +51,7 @@ from mape.metrics import example_losses, rank_shift
 from mape.models import Encoded, TaskModel
 
 UPDATES = ("so", "ga", "gd", "rl", "npo")
+RETAIN_SHIFT_SLACK = 0.1  # rank shift of the retain check's losses (vs the starting model) a step may cause
 SO_GRID = (0.01, 0.03, 0.1, 0.3, 1.0)   # relative step sizes tried in order, then bisection
 DOWN_STEPS = 3                          # if SO_GRID[0] already overshoots: η/3, η/9, η/27
 Progress = Callable[[str, float], None]
@@ -59,6 +64,7 @@ class Check:
     forget_acc: float
     retain_acc: float
     forget_losses: np.ndarray | None = None
+    retain_losses: np.ndarray | None = None
 
 
 def as_check(result) -> Check:
@@ -77,6 +83,8 @@ class Target:
     source: str = ""           # where the estimate comes from
     reference_losses: np.ndarray | None = None  # losses of unseen examples (D_f's class mix); None: accuracy only
     shift_slack: float = 0.05  # |rank shift| of D_f's losses against the reference within this counts as reached
+    retain_reference_losses: np.ndarray | None = None  # the starting model's losses on the retain check sample
+    retain_shift_slack: float = RETAIN_SHIFT_SLACK  # how much less confident the retain check may become
 
     def to_json(self) -> dict:
         out = {"forget_acc": round(self.forget_acc, 6), "source": self.source,
@@ -85,6 +93,8 @@ class Target:
             ref = self.reference_losses
             out["loss_distribution"] = {"rank_shift_within": self.shift_slack, "reference_size": int(len(ref)),
                                         "reference_median_loss": float(np.median(ref)) if len(ref) else None}
+        if self.retain_reference_losses is not None:
+            out["retain_shift_at_most"] = self.retain_shift_slack
         return out
 
     def shift(self, losses) -> float | None:
@@ -93,8 +103,24 @@ class Target:
             return None
         return rank_shift(losses, self.reference_losses)
 
-    def feasible(self, ra: float) -> bool:
-        return ra >= self.retain_acc - self.tolerance - 1e-9
+    def retain_shift(self, retain_losses) -> float | None:
+        """Rank shift of the retain check's losses against the starting model's (> 0: less confident)."""
+        ref = self.retain_reference_losses
+        if ref is None or retain_losses is None or len(ref) == 0 or len(retain_losses) == 0:
+            return None
+        return rank_shift(retain_losses, ref)
+
+    def feasible(self, ra: float, retain_losses=None) -> bool:
+        """Retain accuracy within the tolerance and, when measured, retain confidence too: a step that keeps
+        retain examples correct but makes a quarter of them unsure (BBC ``class:tech:120`` seed 2: φ from
+        4.4 to −0.8 on one class) is one a membership attack reads, and a retrained model would not take."""
+        if ra < self.retain_acc - self.tolerance - 1e-9:
+            return False
+        sh = self.retain_shift(retain_losses)
+        return sh is None or sh <= self.retain_shift_slack + 1e-9
+
+    def feasible_check(self, c: Check) -> bool:
+        return self.feasible(c.retain_acc, c.retain_losses)
 
     def reached(self, fa: float, losses=None) -> bool:
         sh = self.shift(losses)
@@ -107,11 +133,11 @@ class Target:
 
     def met(self, c: Check) -> bool:
         """The check reaches the target within the retain tolerance."""
-        return self.reached(c.forget_acc, c.forget_losses) and self.feasible(c.retain_acc)
+        return self.reached(c.forget_acc, c.forget_losses) and self.feasible_check(c)
 
     def settled(self, c: Check) -> bool:
         """Nothing to gain from going further: the target is reached or retain accuracy is broken."""
-        return self.reached(c.forget_acc, c.forget_losses) or not self.feasible(c.retain_acc)
+        return self.reached(c.forget_acc, c.forget_losses) or not self.feasible_check(c)
 
     def miss(self, fa: float, losses=None) -> float:
         """How far a check is from the target (0 = on target): accuracy and rank shift beyond their slacks."""
@@ -125,6 +151,9 @@ class Target:
         sh = self.shift(check.forget_losses)
         if sh is not None:
             out["loss_shift"] = round(sh, 6)
+        rs = self.retain_shift(check.retain_losses)
+        if rs is not None:
+            out["retain_shift"] = round(rs, 6)
         return out
 
 
@@ -225,11 +254,12 @@ def accuracy(task: TaskModel, enc: Encoded, batch_size: int = 64) -> float:
 
 
 def check(task: TaskModel, forget: Encoded, retain: Encoded, batch_size: int = 64) -> Check:
-    """Forget / retain accuracy and the forget check sample's per-example losses (forward passes only)."""
-    pf = task.predict_proba(forget, batch_size)
-    yf = forget.labels.numpy()
-    return Check(float((pf.argmax(1) == yf).mean()) if len(yf) else float("nan"), accuracy(task, retain, batch_size),
-                 example_losses(pf, yf))
+    """Forget / retain accuracy and both check samples' per-example losses (forward passes only)."""
+    pf, pr = task.predict_proba(forget, batch_size), task.predict_proba(retain, batch_size)
+    yf, yr = forget.labels.numpy(), retain.labels.numpy()
+    return Check(float((pf.argmax(1) == yf).mean()) if len(yf) else float("nan"),
+                 float((pr.argmax(1) == yr).mean()) if len(yr) else float("nan"),
+                 example_losses(pf, yf), example_losses(pr, yr))
 
 
 def so_direction(mp: MaskedParams, grad_f: dict, fisher_r: dict, damping: float = 0.01) -> dict:
@@ -246,7 +276,7 @@ def so_direction(mp: MaskedParams, grad_f: dict, fisher_r: dict, damping: float 
 def _closeness(c: Check, target: Target, step: float = 0.0) -> tuple:
     """Sort key for trials: feasible first, then closest to the target (within the slacks counts as on
     target), then the smaller step: the least change that reaches the target."""
-    return (not target.feasible(c.retain_acc), round(target.miss(c.forget_acc, c.forget_losses), 6), step)
+    return (not target.feasible_check(c), round(target.miss(c.forget_acc, c.forget_losses), 6), step)
 
 
 @contextmanager

@@ -138,6 +138,49 @@ def test_a_whole_class_still_goes_to_zero():
     assert not target.reached(0.01)  # 1 % left is not forgotten
 
 
+RETAIN_START = np.exp(np.random.default_rng(2).normal(np.log(1e-3), 0.5, 256))  # the starting model's retain losses
+
+
+def test_a_step_that_makes_retain_examples_unsure_is_not_feasible():
+    """Retain accuracy intact but a quarter of the retain check far less confident (what the BBC seed-2 step
+    did to one class): not feasible, like a retain accuracy drop. Small moves of the retain losses are."""
+    t = Target(forget_acc=0.9, retain_acc=0.99, retain_reference_losses=RETAIN_START)
+    unsure = RETAIN_START.copy()
+    unsure[:64] = 0.8  # p_y ≈ 0.45: still correct on a 5-class problem, but far from training confidence
+    assert t.retain_shift(unsure) > t.retain_shift_slack and not t.feasible(0.99, unsure)
+    assert t.retain_shift(RETAIN_START * 1.05) <= t.retain_shift_slack and t.feasible(0.99, RETAIN_START * 1.05)
+    assert t.feasible(0.99) and not t.feasible(0.96)  # retain losses not measured: accuracy only
+    assert Target(0.9, 0.99).feasible(0.99, unsure)   # no reference: accuracy only
+    assert "retain_shift_at_most" in t.to_json() and "retain_shift" in t.describe(Check(0.9, 0.99, None, unsure))
+
+
+def test_the_auto_step_stops_before_retain_confidence_breaks():
+    """Forget losses reach the unseen distribution at η ≈ 0.3, but from η = 0.1 on the retain check loses
+    its confidence (accuracy unchanged): the step stays below 0.1."""
+    target = Target(forget_acc=0.92, retain_acc=0.97, reference_losses=UNSEEN, retain_reference_losses=RETAIN_START)
+    p = torch.nn.Parameter(torch.zeros(1))
+    mp = MaskedParams({p: torch.ones(1, dtype=torch.bool)})
+
+    def evaluate():
+        eta = float(p.detach())
+        return Check(0.92, 0.97, _forget_losses(eta), RETAIN_START * (1.0 if eta < 0.1 else 500.0))
+
+    report = so_update(None, mp, {p: torch.ones(1)}, "auto", evaluate, target)
+    assert float(p.detach()) < 0.1 and not report.reached_target
+    assert any(t["retain_shift"] > target.retain_shift_slack for t in report.trials)  # it did look further
+
+
+def test_check_measures_both_samples_losses(bbc_ws):
+    from mape.metrics import example_losses
+    from mape.update import check
+
+    enc = bbc_ws.train_enc.take(np.arange(24))
+    c = check(bbc_ws.task, enc.take(np.arange(8)), enc.take(np.arange(8, 24)), 8)
+    probs = bbc_ws.task.predict_proba(enc.take(np.arange(8, 24)))
+    assert np.allclose(c.retain_losses, example_losses(probs, enc.labels.numpy()[8:]))
+    assert c.retain_acc == float((probs.argmax(1) == enc.labels.numpy()[8:]).mean())
+
+
 def test_target_reference_follows_the_forget_sets_class_mix(bbc_ws):
     from mape.forget import select_forget
     from mape.metrics import example_losses as losses_of
