@@ -655,9 +655,9 @@ def _still_to_forget(task, forget_enc: Encoded, target: Target, batch_size: int,
     examples more confident than the unseen example of the same rank (1-D optimal transport matching).
     For a whole class: those still classified correctly. Both on the log loss, so near-certain examples
     move too (on the cross-entropy, ViT · MNIST ``class:3`` kept 26.5 % over 3 seeds under the same work
-    budget; on the log loss, with :func:`_follow_up_grid`'s step sizes, 19.0 % over 5). With ``cap``: at most that many of them, the most confident
-    (lowest loss) — a follow-up gradient needs a direction, not every example, and these are furthest
-    from unseen."""
+    budget; on the log loss, with :func:`_follow_up_grid`'s step sizes, 19.0 % over 5). With ``cap``: at
+    most that many of them, the most confident (lowest loss) — a follow-up gradient needs a direction, not
+    every example, and these are furthest from unseen."""
     probs = task.predict_proba(forget_enc, batch_size)
     y = forget_enc.labels.numpy()
     losses = example_losses(probs, y)
