@@ -458,7 +458,8 @@ def run_method(ws, method: str | MethodSpec, forget: ForgetSet, seed: int = 0, c
             details["mask_fraction"] = config.salun_fraction
         mp = MaskedParams(masks)
         start = evaluate()
-        target = forget_target(ws, forget, start.retain_acc, config.tolerance, seed, start.retain_losses)
+        target = forget_target(ws, forget, start.retain_acc, config.tolerance, seed, start.retain_losses,
+                               ctx.check_r.labels.numpy(), start.retain_correct)
         details["forget_target"] = target.to_json()
         if spec.update == "so":
             params = list(mp.masks)
@@ -479,7 +480,8 @@ def run_method(ws, method: str | MethodSpec, forget: ForgetSet, seed: int = 0, c
                         "params_selected": mp.count, "trials": len(report.trials)})
     elif spec.kind == "scrub":
         start = evaluate()
-        target = forget_target(ws, forget, start.retain_acc, config.tolerance, seed, start.retain_losses)
+        target = forget_target(ws, forget, start.retain_acc, config.tolerance, seed, start.retain_losses,
+                               ctx.check_r.labels.numpy(), start.retain_correct)
         details["forget_target"] = target.to_json()
         scrub_lr = lr * config.scrub_lr_scale
         report = scrub(task, ctx.forget_enc, ctx.retain_enc, evaluate, target, lr=scrub_lr,

@@ -476,17 +476,25 @@ def loss_histograms(losses: dict[str, np.ndarray]) -> dict:
 
 
 def forget_target(ws: Workspace, forget: ForgetSet, retain_acc: float, tolerance: float, seed: int = 0,
-                  retain_losses: np.ndarray | None = None) -> Target:
+                  retain_losses: np.ndarray | None = None, retain_labels=None, retain_correct=None) -> Target:
     """What D_f should look like after unlearning (SPEC §2, ``mape.update`` docstring): for a whole class,
     accuracy 0; otherwise the accuracy *and* the loss distribution of unseen examples of its classes.
     ``retain_losses``: the starting model's losses on the retain check sample, which a step may not make
-    much less confident (:meth:`Target.feasible`)."""
+    much less confident (:meth:`Target.feasible`); ``retain_labels`` / ``retain_correct``: that sample's labels
+    and which of them the starting model gets right — when D_f is part of its classes (not all classes: a
+    partial class), the examples of those classes it gets right become the focus that a step may not break
+    (:meth:`Target.class_losses_allowed`)."""
     fa, source = forget_target_estimate(ws, forget)
     if forget.forget_class is not None:
         return Target(fa, retain_acc, tolerance, slack=WHOLE_CLASS_SLACK, source=source,
                       retain_reference_losses=retain_losses)
+    focus = None
+    classes = np.unique(ws.train_y[forget.indices])
+    if retain_labels is not None and retain_correct is not None and len(classes) < len(ws.dataset.classes):
+        focus = np.isin(np.asarray(retain_labels), classes) & np.asarray(retain_correct, dtype=bool)
     return Target(fa, retain_acc, tolerance, source=f"{source}; loss distribution of the same examples",
-                  reference_losses=unseen_loss_reference(ws, forget, seed), retain_reference_losses=retain_losses)
+                  reference_losses=unseen_loss_reference(ws, forget, seed), retain_reference_losses=retain_losses,
+                  retain_focus=focus)
 
 
 def retrain_cache_key(ws: Workspace, forgotten: np.ndarray) -> tuple[str, str]:
@@ -595,7 +603,8 @@ def unlearn(ws: Workspace, forget_spec: str | ForgetSet, config: UnlearnConfig |
 
     mp = MaskedParams(unit_param_masks(task.adapter, *masks_sel))
     start = evaluate()
-    target = forget_target(ws, forget, start.retain_acc, config.tolerance, config.seed, start.retain_losses)
+    target = forget_target(ws, forget, start.retain_acc, config.tolerance, config.seed, start.retain_losses,
+                           smp.check_r.labels.numpy(), start.retain_correct)
     t1 = time.perf_counter()
     if config.update == "so":
         report = _so_steps(task, mp, mg, forget_enc, retain_enc, config, evaluate, target, progress,

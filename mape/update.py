@@ -17,8 +17,12 @@ within ``tolerance`` of the original's and the retain check's losses rank at mos
 (0.1) above the starting model's (``Target.feasible``: on BBC ``class:tech:120`` seed 2 a step kept
 retain accuracy within the tolerance but made at least a quarter of the retain examples unsure — φ from
 4.4 to −0.8 — and the membership attack, fitted on that model's own retain and test confidences, then
-called 69 % of D_f members; with the constraint MAPE's gap there fell from 18.1 to 4.1 points). The chosen
-value is reported. "Looks the way it would" is the :class:`Target`:
+called 69 % of D_f members; with the constraint MAPE's gap there fell from 18.1 to 4.1 points). When D_f
+is part of its classes (a partial class: its classes are not all classes), the retain check examples of
+those classes that the starting model gets right are a focus (``Target.retain_focus``): at most the
+tolerance's share of them (at least one) may turn wrong, because the whole retain check hides a step that
+breaks the rest of the class (BBC ``class:tech:120`` seed 0: retain check 99.2 → 98.0 %, the rest of tech
+97 → 87.5 % on the test set, gap 3.9; with the focus 2.0). The chosen value is reported. "Looks the way it would" is the :class:`Target`:
 
 - for a random, partial-class or pattern forget set, the forget examples' *loss distribution* must
   reach that of examples the model never saw (``Target.reference_losses``: the original's losses on
@@ -31,9 +35,12 @@ value is reported. "Looks the way it would" is the :class:`Target`:
 
 For ``so`` the grid is 0.01, 0.03, 0.1, 0.3, 1 with two bisections; when its smallest step already
 overshoots (forget accuracy below the target, or the forget set less confident than unseen data, by more
-than the slacks), up to three smaller steps (÷3 each) are tried first. A smallest step that only costs
-retain accuracy does not trigger this: for a whole class, stepping smaller there forgets less and lands
-further from a retrained model (measured on vit-mnist class:3).
+than the slacks), up to three smaller steps (÷3 each) are tried first. Against a loss distribution (not a
+whole class) a smallest step that is not feasible on the retain check steps down the same way: a small
+feasible step plus follow-ups lands nearer a retrained model than none (BBC ``class:tech:120`` seed 2: gap
+4.1 → 0.6). For a whole class a smallest step that only costs retain accuracy does not trigger this:
+stepping smaller there forgets less and lands further from a retrained model (measured on vit-mnist
+class:3).
 """
 
 from __future__ import annotations
@@ -65,6 +72,7 @@ class Check:
     retain_acc: float
     forget_losses: np.ndarray | None = None
     retain_losses: np.ndarray | None = None
+    retain_correct: np.ndarray | None = None  # per retain check example: predicted its label
 
 
 def as_check(result) -> Check:
@@ -85,6 +93,7 @@ class Target:
     shift_slack: float = 0.05  # |rank shift| of D_f's losses against the reference within this counts as reached
     retain_reference_losses: np.ndarray | None = None  # the starting model's losses on the retain check sample
     retain_shift_slack: float = RETAIN_SHIFT_SLACK  # how much less confident the retain check may become
+    retain_focus: np.ndarray | None = None  # retain check examples of D_f's classes the start gets right (bool)
 
     def to_json(self) -> dict:
         out = {"forget_acc": round(self.forget_acc, 6), "source": self.source,
@@ -95,6 +104,9 @@ class Target:
                                         "reference_median_loss": float(np.median(ref)) if len(ref) else None}
         if self.retain_reference_losses is not None:
             out["retain_shift_at_most"] = self.retain_shift_slack
+        allowed = self.class_losses_allowed()
+        if allowed is not None:
+            out["class_retain"] = {"examples": int(self.retain_focus.sum()), "may_turn_wrong": allowed}
         return out
 
     def shift(self, losses) -> float | None:
@@ -110,17 +122,37 @@ class Target:
             return None
         return rank_shift(retain_losses, ref)
 
-    def feasible(self, ra: float, retain_losses=None) -> bool:
+    def class_losses_allowed(self) -> int | None:
+        """How many of the focus examples (retain check examples of D_f's classes the starting model gets
+        right) a step may turn wrong: the tolerance's share of them, at least one; None without a focus."""
+        if self.retain_focus is None or not self.retain_focus.any():
+            return None
+        return max(1, int(self.tolerance * int(self.retain_focus.sum()) + 1e-9))
+
+    def class_lost(self, retain_correct) -> int | None:
+        """Focus examples the model now gets wrong (None: no focus or correctness not measured)."""
+        f = self.retain_focus
+        if f is None or retain_correct is None or len(retain_correct) != len(f) or not f.any():
+            return None
+        return int((~np.asarray(retain_correct, dtype=bool)[f]).sum())
+
+    def feasible(self, ra: float, retain_losses=None, retain_correct=None) -> bool:
         """Retain accuracy within the tolerance and, when measured, retain confidence too: a step that keeps
         retain examples correct but makes many of them unsure (BBC ``class:tech:120`` seed 2: φ from 4.4 to
-        −0.8 for at least a quarter) is one a membership attack reads, and a retrained model would not take."""
+        −0.8 for at least a quarter) is one a membership attack reads, and a retrained model would not take.
+        With a focus (D_f is part of its classes), at most :meth:`class_losses_allowed` of the retained
+        examples of those classes may turn wrong: the whole retain check hides a step that breaks the rest of
+        the class (BBC ``class:tech:120`` seed 0: retain check 99.2 → 98.0 %, tech test accuracy 97 → 87.5 %)."""
         if ra < self.retain_acc - self.tolerance - 1e-9:
+            return False
+        lost = self.class_lost(retain_correct)
+        if lost is not None and lost > self.class_losses_allowed():
             return False
         sh = self.retain_shift(retain_losses)
         return sh is None or sh <= self.retain_shift_slack + 1e-9
 
     def feasible_check(self, c: Check) -> bool:
-        return self.feasible(c.retain_acc, c.retain_losses)
+        return self.feasible(c.retain_acc, c.retain_losses, c.retain_correct)
 
     def reached(self, fa: float, losses=None) -> bool:
         sh = self.shift(losses)
@@ -154,6 +186,9 @@ class Target:
         rs = self.retain_shift(check.retain_losses)
         if rs is not None:
             out["retain_shift"] = round(rs, 6)
+        lost = self.class_lost(check.retain_correct)
+        if lost is not None:
+            out["class_retain_lost"] = lost
         return out
 
 
@@ -259,7 +294,7 @@ def check(task: TaskModel, forget: Encoded, retain: Encoded, batch_size: int = 6
     yf, yr = forget.labels.numpy(), retain.labels.numpy()
     return Check(float((pf.argmax(1) == yf).mean()) if len(yf) else float("nan"),
                  float((pr.argmax(1) == yr).mean()) if len(yr) else float("nan"),
-                 example_losses(pf, yf), example_losses(pr, yr))
+                 example_losses(pf, yf), example_losses(pr, yr), pr.argmax(1) == yr)
 
 
 def so_direction(mp: MaskedParams, grad_f: dict, fisher_r: dict, damping: float = 0.01) -> dict:
@@ -363,14 +398,19 @@ def so_update(task: TaskModel, mp: MaskedParams, direction: dict, step, evaluate
             hi = eta
             break
         lo = eta
-    if hi == grid[0] and target.overshot(c.forget_acc, c.forget_losses):
-        # the smallest grid step already pushes D_f well past the target: go down
+    def too_far(c: Check) -> bool:
+        """Past the target, or (against a loss distribution) already past what the retain check allows."""
+        return target.overshot(c.forget_acc, c.forget_losses) or \
+            (target.reference_losses is not None and not target.feasible_check(c))
+
+    if hi == grid[0] and too_far(c):
+        # the smallest grid step already goes too far: go down
         for _ in range(DOWN_STEPS):
             if not work_left():
                 break
             eta = hi / 3
             c = trial(eta)
-            if not target.overshot(c.forget_acc, c.forget_losses):
+            if not too_far(c):
                 lo = 0.0 if target.reached(c.forget_acc, c.forget_losses) else eta  # short: bisect up to hi
                 break
             hi = eta

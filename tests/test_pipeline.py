@@ -171,7 +171,7 @@ def test_so_follow_up_steps_use_the_examples_not_yet_forgotten(bbc_ws, monkeypat
 
     # an unreachable accuracy-only target (as for a whole class), no stall or time stop: every step runs
     monkeypatch.setattr(pipeline, "forget_target",
-                        lambda ws, forget, ra, tol, seed=0, retain_losses=None: Target(-1.0, ra, tol))
+                        lambda ws, forget, ra, tol, *rest: Target(-1.0, ra, tol))
     monkeypatch.setattr(pipeline, "FOLLOW_UP_STALL", float("inf"))
     monkeypatch.setattr(pipeline, "FOLLOW_UP_BUDGET", float("inf"))
     passes, real = [], scoring._gate_pass
