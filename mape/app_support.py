@@ -504,6 +504,10 @@ def _target_lines(update: dict) -> list[str]:
     lines = [f"**Forget target:** {100 * target['forget_acc']:.1f}% forget accuracy ({target['source']}){conf}, "
              f"retain accuracy at most {100 * target['tolerance']:.0f} points below "
              f"{100 * target['retain_acc']:.1f}% on the check sample."]
+    kept = target.get("class_retain")
+    if kept:
+        lines[0] = lines[0][:-1] + (f"; at most {kept['may_turn_wrong']} of its {kept['examples']} examples of the "
+                                    "forget set's class(es) that the original got right may turn wrong.")
     if update.get("stopped"):
         lines.append(f"**Follow-up steps stopped early:** {update['stopped']}.")
     return lines
@@ -654,7 +658,9 @@ $\lambda$ a damping term (so $\eta$ is relative: the fraction of $\lVert\theta_M
 parameter stays **bit-identical**. With step size **auto**, $\eta$ is chosen from a small grid by forward passes only,
 so that $D_f$ ends up looking the way it would to a model retrained without it, while retain accuracy stays within a
 tolerance and retain examples keep their confidence (a step that leaves them correct but unsure is one a membership
-attack reads). For a whole class that is accuracy 0 (a class the model never learned). For a random, partial-class or
+attack reads); when $D_f$ is part of a class, the rest of that class must stay correct too (at most the tolerance's
+share of the retain check's examples of that class may turn wrong: the whole retain sample hides a step that breaks
+one class), and a smallest grid step that breaks either is stepped below, by thirds. For a whole class that is accuracy 0 (a class the model never learned). For a random, partial-class or
 pattern set it is the accuracy **and the confidence** of examples the model never saw, of the same classes (the
 original's per-example losses on training examples a training limit left out, else on the test set, drawn in
 $D_f$'s class mix, with each class's log-probability moved by $\log\pi'_c - \log\pi_c$, the change of the class

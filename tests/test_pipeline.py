@@ -108,6 +108,9 @@ def test_report_states_the_forget_target(bbc_ws):
 
     shown = summary_markdown(res)
     assert f"**Forget target:** {100 * target['forget_acc']:.1f}% forget accuracy ({target['source']})" in shown
+    assert "may turn wrong" not in shown  # a random set spans every class: no class focus
+    res["update"]["target"]["class_retain"] = {"examples": 40, "may_turn_wrong": 1}  # as for part of a class
+    assert "at most 1 of its 40 examples of the forget set's class(es)" in summary_markdown(res)
     res["update"]["auto"] = False  # a fixed step aims at nothing: no target line
     assert "Forget target" not in summary_markdown(res)
 
