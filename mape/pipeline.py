@@ -483,7 +483,7 @@ def forget_target(ws: Workspace, forget: ForgetSet, retain_acc: float, tolerance
     much less confident (:meth:`Target.feasible`); ``retain_labels`` / ``retain_correct``: that sample's labels
     and which of them the starting model gets right — when D_f is part of its classes (not all classes: a
     partial class), the examples of those classes it gets right become the focus that a step may not break
-    (:meth:`Target.class_losses_allowed`)."""
+    (:meth:`Target.class_flips_allowed`)."""
     fa, source = forget_target_estimate(ws, forget)
     if forget.forget_class is not None:
         return Target(fa, retain_acc, tolerance, slack=WHOLE_CLASS_SLACK, source=source,

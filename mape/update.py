@@ -22,7 +22,8 @@ is part of its classes (a partial class: its classes are not all classes), the r
 those classes that the starting model gets right are a focus (``Target.retain_focus``): at most the
 tolerance's share of them (at least one) may turn wrong, because the whole retain check hides a step that
 breaks the rest of the class (BBC ``class:tech:120`` seed 0: retain check 99.2 → 98.0 %, the rest of tech
-97 → 87.5 % on the test set, gap 3.9; with the focus 2.0). The chosen value is reported. "Looks the way it would" is the :class:`Target`:
+97 → 87.5 % on the test set, gap 3.9; with the focus 2.0). The chosen value is reported. "Looks the way it
+would" is the :class:`Target`:
 
 - for a random, partial-class or pattern forget set, the forget examples' *loss distribution* must
   reach that of examples the model never saw (``Target.reference_losses``: the original's losses on
@@ -104,7 +105,7 @@ class Target:
                                         "reference_median_loss": float(np.median(ref)) if len(ref) else None}
         if self.retain_reference_losses is not None:
             out["retain_shift_at_most"] = self.retain_shift_slack
-        allowed = self.class_losses_allowed()
+        allowed = self.class_flips_allowed()
         if allowed is not None:
             out["class_retain"] = {"examples": int(self.retain_focus.sum()), "may_turn_wrong": allowed}
         return out
@@ -122,14 +123,14 @@ class Target:
             return None
         return rank_shift(retain_losses, ref)
 
-    def class_losses_allowed(self) -> int | None:
+    def class_flips_allowed(self) -> int | None:
         """How many of the focus examples (retain check examples of D_f's classes the starting model gets
         right) a step may turn wrong: the tolerance's share of them, at least one; None without a focus."""
         if self.retain_focus is None or not self.retain_focus.any():
             return None
         return max(1, int(self.tolerance * int(self.retain_focus.sum()) + 1e-9))
 
-    def class_lost(self, retain_correct) -> int | None:
+    def class_flipped(self, retain_correct) -> int | None:
         """Focus examples the model now gets wrong (None: no focus or correctness not measured)."""
         f = self.retain_focus
         if f is None or retain_correct is None or len(retain_correct) != len(f) or not f.any():
@@ -140,13 +141,13 @@ class Target:
         """Retain accuracy within the tolerance and, when measured, retain confidence too: a step that keeps
         retain examples correct but makes many of them unsure (BBC ``class:tech:120`` seed 2: φ from 4.4 to
         −0.8 for at least a quarter) is one a membership attack reads, and a retrained model would not take.
-        With a focus (D_f is part of its classes), at most :meth:`class_losses_allowed` of the retained
+        With a focus (D_f is part of its classes), at most :meth:`class_flips_allowed` of the retained
         examples of those classes may turn wrong: the whole retain check hides a step that breaks the rest of
         the class (BBC ``class:tech:120`` seed 0: retain check 99.2 → 98.0 %, tech test accuracy 97 → 87.5 %)."""
         if ra < self.retain_acc - self.tolerance - 1e-9:
             return False
-        lost = self.class_lost(retain_correct)
-        if lost is not None and lost > self.class_losses_allowed():
+        lost = self.class_flipped(retain_correct)
+        if lost is not None and lost > self.class_flips_allowed():
             return False
         sh = self.retain_shift(retain_losses)
         return sh is None or sh <= self.retain_shift_slack + 1e-9
@@ -186,7 +187,7 @@ class Target:
         rs = self.retain_shift(check.retain_losses)
         if rs is not None:
             out["retain_shift"] = round(rs, 6)
-        lost = self.class_lost(check.retain_correct)
+        lost = self.class_flipped(check.retain_correct)
         if lost is not None:
             out["class_retain_lost"] = lost
         return out
@@ -398,6 +399,7 @@ def so_update(task: TaskModel, mp: MaskedParams, direction: dict, step, evaluate
             hi = eta
             break
         lo = eta
+
     def too_far(c: Check) -> bool:
         """Past the target, or (against a loss distribution) already past what the retain check allows."""
         return target.overshot(c.forget_acc, c.forget_losses) or \

@@ -162,23 +162,23 @@ def test_part_of_a_class_may_not_break_the_rest_of_that_class():
     focus = np.zeros(256, dtype=bool)
     focus[:40] = True  # the retain check examples of D_f's class the start gets right
     t = Target(forget_acc=0.9, retain_acc=0.99, tolerance=0.02, retain_focus=focus)
-    assert t.class_losses_allowed() == 1  # int(0.02 · 40) = 0 → at least one
+    assert t.class_flips_allowed() == 1  # int(0.02 · 40) = 0 → at least one
     correct = np.ones(256, dtype=bool)
-    assert t.class_lost(correct) == 0 and t.feasible(0.99, None, correct)
+    assert t.class_flipped(correct) == 0 and t.feasible(0.99, None, correct)
     correct[:1] = False
-    assert t.class_lost(correct) == 1 and t.feasible(0.99, None, correct)
+    assert t.class_flipped(correct) == 1 and t.feasible(0.99, None, correct)
     correct[:2] = False  # two of the class wrong: retain accuracy 254/256 = 99.2 % looks fine …
     assert t.feasible(0.99) and not t.feasible(0.99, None, correct)  # … but the class broke
     other = np.ones(256, dtype=bool)
     other[100:110] = False  # ten wrong outside the focus: only retain accuracy judges those
-    assert t.class_lost(other) == 0 and t.feasible(0.99, None, other) and not t.feasible(0.96, None, other)
+    assert t.class_flipped(other) == 0 and t.feasible(0.99, None, other) and not t.feasible(0.96, None, other)
     assert Target(0.9, 0.99).feasible(0.99, None, correct)  # no focus: accuracy only
     wide = Target(0.9, 0.99, tolerance=0.05, retain_focus=np.ones(256, dtype=bool))
-    assert wide.class_losses_allowed() == 12  # int(0.05 · 256)
+    assert wide.class_flips_allowed() == 12  # int(0.05 · 256)
     assert t.to_json()["class_retain"] == {"examples": 40, "may_turn_wrong": 1}
     assert "class_retain" not in Target(0.9, 0.99).to_json()
     assert t.describe(Check(0.9, 0.99, None, None, correct))["class_retain_lost"] == 2
-    assert t.class_lost(correct[:100]) is None  # a check of another size is not this focus: not judged
+    assert t.class_flipped(correct[:100]) is None  # a check of another size is not this focus: not judged
 
 
 def test_part_of_a_class_focuses_the_retain_check_on_that_class(bbc_ws):
