@@ -661,8 +661,8 @@ tolerance and retain examples keep their confidence (a step that leaves them cor
 attack reads); when $D_f$ is part of a class, the rest of that class must stay correct too (at most the tolerance's
 share of the retain check's examples of that class may turn wrong: the whole retain sample hides a step that breaks
 one class), and, unless $D_f$ is a whole class, a smallest grid step that breaks either is stepped below, by
-thirds. For a whole class that is accuracy 0 (a class the model never learned). For a random, partial-class or pattern set it is the accuracy
-**and the confidence** of examples the model never saw, of the same classes (the
+thirds. For a whole class that is accuracy 0 (a class the model never learned). For a random, partial-class or
+pattern set it is the accuracy **and the confidence** of examples the model never saw, of the same classes (the
 original's per-example losses on training examples a training limit left out, else on the test set, drawn in
 $D_f$'s class mix, with each class's log-probability moved by $\log\pi'_c - \log\pi_c$, the change of the class
 prior when $D_f$ leaves the training set: a model retrained without part of a class is less sure of that class):
