@@ -444,7 +444,7 @@ def run_method(ws, method: str | MethodSpec, forget: ForgetSet, seed: int = 0, c
     ctx = _context(ws, forget, seed, config, forgotten)
     task = base.clone()
     torch.manual_seed(seed)
-    from mape.pipeline import forget_target
+    from mape.pipeline import start_target
 
     evaluate = _evaluator(task, ctx)
     t0 = time.perf_counter()
@@ -458,8 +458,7 @@ def run_method(ws, method: str | MethodSpec, forget: ForgetSet, seed: int = 0, c
             details["mask_fraction"] = config.salun_fraction
         mp = MaskedParams(masks)
         start = evaluate()
-        target = forget_target(ws, forget, start.retain_acc, config.tolerance, seed, start.retain_losses,
-                               ctx.check_r.labels.numpy(), start.retain_correct)
+        target = start_target(ws, forget, start, ctx.check_r, config.tolerance, seed)
         details["forget_target"] = target.to_json()
         if spec.update == "so":
             params = list(mp.masks)
@@ -480,8 +479,7 @@ def run_method(ws, method: str | MethodSpec, forget: ForgetSet, seed: int = 0, c
                         "params_selected": mp.count, "trials": len(report.trials)})
     elif spec.kind == "scrub":
         start = evaluate()
-        target = forget_target(ws, forget, start.retain_acc, config.tolerance, seed, start.retain_losses,
-                               ctx.check_r.labels.numpy(), start.retain_correct)
+        target = start_target(ws, forget, start, ctx.check_r, config.tolerance, seed)
         details["forget_target"] = target.to_json()
         scrub_lr = lr * config.scrub_lr_scale
         report = scrub(task, ctx.forget_enc, ctx.retain_enc, evaluate, target, lr=scrub_lr,

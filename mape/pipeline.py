@@ -27,7 +27,7 @@ from mape.presets import Preset, build_start_model, custom_preset, get_preset, l
 from mape.scoring import OBJECTIVES, param_stats, sample_retain
 from mape.search import Selection, search
 from mape.train import train
-from mape.update import (GRAD_WORK, SO_GRID, UPDATES, MaskedParams, Target, UpdateReport, Work, check,
+from mape.update import (GRAD_WORK, SO_GRID, UPDATES, Check, MaskedParams, Target, UpdateReport, Work, check,
                          iterative_update, so_direction, so_update)
 
 Progress = Callable[..., None]   # progress(stage: str, fraction: float, selection: Selection | None = None)
@@ -489,12 +489,21 @@ def forget_target(ws: Workspace, forget: ForgetSet, retain_acc: float, tolerance
         return Target(fa, retain_acc, tolerance, slack=WHOLE_CLASS_SLACK, source=source,
                       retain_reference_losses=retain_losses)
     focus = None
-    classes = np.unique(ws.train_y[forget.indices])
-    if retain_labels is not None and retain_correct is not None and len(classes) < len(ws.dataset.classes):
-        focus = np.isin(np.asarray(retain_labels), classes) & np.asarray(retain_correct, dtype=bool)
+    if retain_labels is not None and retain_correct is not None:
+        classes = np.unique(ws.train_y[forget.indices])
+        if len(classes) < len(ws.dataset.classes):
+            focus = np.isin(np.asarray(retain_labels), classes) & np.asarray(retain_correct, dtype=bool)
     return Target(fa, retain_acc, tolerance, source=f"{source}; loss distribution of the same examples",
                   reference_losses=unseen_loss_reference(ws, forget, seed), retain_reference_losses=retain_losses,
                   retain_focus=focus)
+
+
+def start_target(ws: Workspace, forget: ForgetSet, start: Check, check_retain: Encoded, tolerance: float,
+                 seed: int = 0) -> Target:
+    """:func:`forget_target` for a run that has measured its starting model: ``start`` is the
+    :class:`~mape.update.Check` of that model on the retain check sample ``check_retain``."""
+    return forget_target(ws, forget, start.retain_acc, tolerance, seed, start.retain_losses,
+                         check_retain.labels.numpy(), start.retain_correct)
 
 
 def retrain_cache_key(ws: Workspace, forgotten: np.ndarray) -> tuple[str, str]:
@@ -603,8 +612,7 @@ def unlearn(ws: Workspace, forget_spec: str | ForgetSet, config: UnlearnConfig |
 
     mp = MaskedParams(unit_param_masks(task.adapter, *masks_sel))
     start = evaluate()
-    target = forget_target(ws, forget, start.retain_acc, config.tolerance, config.seed, start.retain_losses,
-                           smp.check_r.labels.numpy(), start.retain_correct)
+    target = start_target(ws, forget, start, smp.check_r, config.tolerance, config.seed)
     t1 = time.perf_counter()
     if config.update == "so":
         report = _so_steps(task, mp, mg, forget_enc, retain_enc, config, evaluate, target, progress,

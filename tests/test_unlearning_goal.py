@@ -84,15 +84,15 @@ def test_mia_resamples_are_reported_and_seeded():
 # --------------------------------------------------------------------------- the target of the auto step
 
 
-def _scripted(fa_of, losses_of, target, ra=0.97):
-    """so_update's auto step on one scalar parameter p = η, with the forget accuracy and the forget
-    check losses scripted as functions of η."""
+def _scripted(fa_of, losses_of, target, ra=0.97, retain_losses_of=lambda eta: None):
+    """so_update's auto step on one scalar parameter p = η, with the forget accuracy, the forget check losses
+    and (optionally) the retain check losses scripted as functions of η."""
     p = torch.nn.Parameter(torch.zeros(1))
     mp = MaskedParams({p: torch.ones(1, dtype=torch.bool)})
 
     def evaluate():
         eta = float(p.detach())
-        return Check(fa_of(eta), ra, losses_of(eta))
+        return Check(fa_of(eta), ra, losses_of(eta), retain_losses_of(eta))
 
     report = so_update(None, mp, {p: torch.ones(1)}, "auto", evaluate, target)
     return report, float(p.detach())
@@ -207,39 +207,25 @@ def test_against_a_distribution_the_step_goes_below_a_smallest_step_that_breaks_
     of the reference there. Against a loss distribution the step goes down (η/3 …) to a feasible one instead
     of staying at an infeasible 0.01 (BBC ``class:tech:120`` seed 2: gap 4.1 → 0.6)."""
     target = Target(forget_acc=0.92, retain_acc=0.97, reference_losses=UNSEEN, retain_reference_losses=RETAIN_START)
-    p = torch.nn.Parameter(torch.zeros(1))
-    mp = MaskedParams({p: torch.ones(1, dtype=torch.bool)})
-
-    def evaluate():
-        eta = float(p.detach())
-        return Check(0.92, 0.97, _forget_losses(eta), RETAIN_START * (1.0 if eta < 0.005 else 500.0))
-
-    report = so_update(None, mp, {p: torch.ones(1)}, "auto", evaluate, target)
-    applied = float(p.detach())
+    retain_of = lambda eta: RETAIN_START * (1.0 if eta < 0.005 else 500.0)  # noqa: E731
+    report, applied = _scripted(lambda eta: 0.92, _forget_losses, target, retain_losses_of=retain_of)
     assert 0 < applied < 0.005
     assert target.feasible(0.97, RETAIN_START)  # what the applied step leaves
     assert any(t["retain_shift"] > target.retain_shift_slack for t in report.trials)  # 0.01 was tried
     # without a loss distribution (a whole class) the rule is unchanged: only an overshoot steps down, so the
     # smallest step stays (stepping down cost ViT class:3 its forget accuracy of 0 %)
     acc_only = Target(forget_acc=0.92, retain_acc=0.97, retain_reference_losses=RETAIN_START)
-    p.data.zero_()
-    so_update(None, mp, {p: torch.ones(1)}, "auto", evaluate, acc_only)
-    assert float(p.detach()) == pytest.approx(0.01)
+    _, applied = _scripted(lambda eta: 0.92, _forget_losses, acc_only, retain_losses_of=retain_of)
+    assert applied == pytest.approx(0.01)
 
 
 def test_the_auto_step_stops_before_retain_confidence_breaks():
     """Forget losses reach the unseen distribution at η ≈ 0.3, but from η = 0.1 on the retain check loses
     its confidence (accuracy unchanged): the step stays below 0.1."""
     target = Target(forget_acc=0.92, retain_acc=0.97, reference_losses=UNSEEN, retain_reference_losses=RETAIN_START)
-    p = torch.nn.Parameter(torch.zeros(1))
-    mp = MaskedParams({p: torch.ones(1, dtype=torch.bool)})
-
-    def evaluate():
-        eta = float(p.detach())
-        return Check(0.92, 0.97, _forget_losses(eta), RETAIN_START * (1.0 if eta < 0.1 else 500.0))
-
-    report = so_update(None, mp, {p: torch.ones(1)}, "auto", evaluate, target)
-    assert float(p.detach()) < 0.1 and not report.reached_target
+    report, applied = _scripted(lambda eta: 0.92, _forget_losses, target,
+                                retain_losses_of=lambda eta: RETAIN_START * (1.0 if eta < 0.1 else 500.0))
+    assert applied < 0.1 and not report.reached_target
     assert any(t["retain_shift"] > target.retain_shift_slack for t in report.trials)  # it did look further
 
 
