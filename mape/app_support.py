@@ -672,7 +672,8 @@ near-certain confidence of training data — and that confidence is exactly what
 If one step cannot get there within the tolerance, up to four more steps follow, each from the point reached and
 along $M \odot (\hat I_r + \lambda)^{-1} \odot (\hat g_f - \hat g_r)$: $\hat g_f$ is the gradient of the *log* loss
 of the forget examples still more confident than the unseen example of the same rank (for a class: the loss of those
-still classified correctly), $\hat g_r$ the retain gradient that repairs what the previous steps cost. They stop
+still classified correctly, found on all of $D_f$ — the follow-ups go on until none is, and check their step sizes on
+them), $\hat g_r$ the retain gradient that repairs what the previous steps cost. They stop
 early, and say why, when a step brings $D_f$ no closer (it is undone) or when they would do more model work
 (forward and backward passes, counted) than the search.
 Other rules: **ga** (gradient ascent on $D_f$), **gd** (ascent on $D_f$ + descent on $D_r$), **rl** (random labels

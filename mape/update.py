@@ -32,7 +32,12 @@ would" is the :class:`Target`:
   ``slack``). Accuracy alone stops too early: on a set the model generalises to, accuracy is reached
   almost at once while the examples keep the near-certain confidence of training data, and a
   membership attack still sees them;
-- for a whole class: accuracy 0 (a class the model never learned), within ``slack`` (default 0.5 %).
+- for a whole class: accuracy 0 (a class the model never learned), within ``slack`` (default 0.5 %), and
+  the retain check's losses may rank up to 0.15 above the starting model's instead of 0.1 (a model
+  retrained without vit-mnist class:3 itself ranks 0.04–0.10 above the original; at 0.1 MAPE kept 10.4 %
+  of the class over seeds 0–4, at 0.15 0.3 %). Its follow-up steps (``mape.pipeline``) measure all of D_f
+  and check their step sizes on the class examples still right, not on the check sample, which can read
+  0 % while a few of the class are still recognised.
 
 For ``so`` the grid is 0.01, 0.03, 0.1, 0.3, 1 with two bisections; when its smallest step already
 overshoots (forget accuracy below the target, or the forget set less confident than unseen data, by more
@@ -95,10 +100,13 @@ class Target:
     retain_reference_losses: np.ndarray | None = None  # the starting model's losses on the retain check sample
     retain_shift_slack: float = RETAIN_SHIFT_SLACK  # how much less confident the retain check may become
     retain_focus: np.ndarray | None = None  # retain check examples of D_f's classes the start gets right (bool)
+    whole_class: bool = False  # D_f is a whole class: the target is accuracy 0 on every example of it
 
     def to_json(self) -> dict:
         out = {"forget_acc": round(self.forget_acc, 6), "source": self.source,
                "retain_acc": round(self.retain_acc, 6), "tolerance": self.tolerance, "slack": self.slack}
+        if self.whole_class:
+            out["whole_class"] = True
         if self.reference_losses is not None:
             ref = self.reference_losses
             out["loss_distribution"] = {"rank_shift_within": self.shift_slack, "reference_size": int(len(ref)),

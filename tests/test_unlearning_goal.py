@@ -289,13 +289,13 @@ def test_follow_ups_work_on_the_examples_more_confident_than_their_unseen_counte
     enc = bbc_ws.train_enc.take(forget.indices)
     losses = example_losses(bbc_ws.task.predict_proba(enc), enc.labels.numpy())
     ref = unseen_loss_reference(bbc_ws, forget, 0)
-    left, kind = _still_to_forget(bbc_ws.task, enc, Target(0.5, 0.9, reference_losses=ref), 8)
+    left, kind, _ = _still_to_forget(bbc_ws.task, enc, Target(0.5, 0.9, reference_losses=ref), 8)
     order = np.argsort(losses, kind="stable")
     expected = sorted(int(i) for r, i in enumerate(order) if losses[i] < np.quantile(ref, (r + 0.5) / len(losses)))
     assert kind == "logce" and sorted(left.tolist()) == expected
     assert len(_still_to_forget(bbc_ws.task, enc, Target(0.5, 0.9, reference_losses=losses * 10), 8)[0]) == 24
     assert len(_still_to_forget(bbc_ws.task, enc, Target(0.5, 0.9, reference_losses=losses / 10), 8)[0]) == 0
-    left_acc, kind = _still_to_forget(bbc_ws.task, enc, Target(0.0, 0.9), 8)  # a class: still correct
+    left_acc, kind, _ = _still_to_forget(bbc_ws.task, enc, Target(0.0, 0.9), 8)  # a class: still correct
     correct = np.flatnonzero(bbc_ws.task.predict_proba(enc).argmax(1) == enc.labels.numpy())
     assert kind == "logce" and np.array_equal(left_acc, correct)  # on the log loss: near-certain ones move too
 
@@ -370,6 +370,46 @@ def test_follow_up_work_is_counted_and_a_seed_repeats_exactly(bbc_ws):
     strip = lambda r: {k: v for k, v in r.to_json().items() if k != "step_seconds"}  # noqa: E731
     assert strip(reports[0]) == strip(reports[1])
     assert mp.changed() == report.params_changed
+
+
+def test_a_whole_class_follow_up_measures_all_of_the_class(bbc_ws):
+    """The forget check sample can read 0 % while some of the class is still recognised (vit-mnist class:3 seed
+    1: 1.25 % of the class left). Scripted here as a check sample that always reads 0: with ``class_checks``
+    the follow-ups measure all of D_f, go on while any example is right and check their step sizes on those
+    examples; without them the first step's reading ends the run."""
+    from mape.adapters import unit_param_masks
+    from mape.forget import select_forget
+    from mape.pipeline import UnlearnConfig, _so_steps, forget_target, request_samples
+    from mape.search import search
+    from mape.update import check
+
+    forget = select_forget("class:sport", bbc_ws.dataset, 0)
+    runs = {}
+    for class_checks in (False, True):
+        smp = request_samples(bbc_ws, forget, forget.indices, 0, 64)
+        task = bbc_ws.task.clone()
+        sel, mg = search(task, smp.forget_enc, smp.retain_enc, sparsity=0.9, with_params=True)
+        mp = MaskedParams(unit_param_masks(task.adapter, torch.as_tensor(sel.heads), torch.as_tensor(sel.filters)))
+
+        def evaluate(forget_idx=None, task=task, smp=smp):
+            if forget_idx is None:  # the sample that already reads 0 %
+                return dataclasses.replace(check(task, smp.check_f, smp.check_r), forget_acc=0.0)
+            return check(task, smp.forget_enc.take(forget_idx), smp.check_r)
+
+        start = evaluate()
+        target = forget_target(bbc_ws, forget, start.retain_acc, 0.5, 0, start.retain_losses)
+        assert target.whole_class and target.to_json()["whole_class"]
+        report = _so_steps(task, mp, mg, smp.forget_enc, smp.retain_enc, UnlearnConfig(so_steps=3), evaluate, target,
+                           None, trial_work=len(smp.check_f) + len(smp.check_r), class_checks=class_checks)
+        right = task.predict_proba(smp.forget_enc).argmax(1) == smp.forget_enc.labels.numpy()
+        runs[class_checks] = (report, right)
+    plain, right_plain = runs[False]
+    assert all(t.get("round", 1) == 1 for t in plain.trials) and plain.reached_target  # the sample said 0 at once
+    assert right_plain.mean() > 0.5  # ... after the smallest step, with most of the class still recognised
+    checked, right_checked = runs[True]
+    follow_ups = [t for t in checked.trials if t["round"] > 1]
+    assert follow_ups and all(0 < t["forget_checked"] <= 128 for t in follow_ups)
+    assert right_checked.mean() < right_plain.mean() - 0.2
 
 
 # --------------------------------------------------------------------------- SCRUB
