@@ -603,9 +603,11 @@ def unlearn(ws: Workspace, forget_spec: str | ForgetSet, config: UnlearnConfig |
     task = (base or ws.task).clone()
     forget_enc, retain_enc = smp.forget_enc, smp.retain_enc
 
-    def evaluate(forget_idx: np.ndarray | None = None):
-        """The check samples; ``forget_idx``: positions in D_f to check instead of the forget check sample."""
-        return check(task, smp.check_f if forget_idx is None else forget_enc.take(forget_idx), smp.check_r)
+    def evaluate():
+        return check(task, smp.check_f, smp.check_r)
+
+    def evaluate_on(forget_idx: np.ndarray):  # the forget examples at these positions of D_f instead of the sample
+        return check(task, forget_enc.take(forget_idx), smp.check_r)
 
     _peak_memory_reset(ws.device)
     t0 = time.perf_counter()
@@ -623,7 +625,7 @@ def unlearn(ws: Workspace, forget_spec: str | ForgetSet, config: UnlearnConfig |
     if config.update == "so":
         report = _so_steps(task, mp, mg, forget_enc, retain_enc, config, evaluate, target, progress,
                            budget=FOLLOW_UP_BUDGET * search_work(len(forget_enc), len(retain_enc)),
-                           trial_work=len(smp.check_f) + len(smp.check_r), class_checks=True)
+                           trial_work=len(smp.check_f) + len(smp.check_r), evaluate_on=evaluate_on)
     else:
         report = iterative_update(task, config.update, mp, forget_enc, retain_enc, config.step, evaluate, target,
                                   lr=config.lr or ws.preset.recipe.lr, batch_size=config.batch_size,
@@ -717,7 +719,7 @@ def _unit(grad: dict) -> dict:
 
 def _so_steps(task, mp: MaskedParams, mg, forget_enc: Encoded, retain_enc: Encoded, config: UnlearnConfig,
               evaluate, target: Target, progress: Progress | None, budget: float = float("inf"),
-              trial_work: float = 0.0, class_checks: bool = False) -> UpdateReport:
+              trial_work: float = 0.0, evaluate_on=None) -> UpdateReport:
     """The ``so`` update. With ``step='auto'``, when one step cannot reach the target within the retain
     tolerance, up to ``config.so_steps - 1`` further steps follow from the chosen point, each recomputing
     its gradient there on the examples :func:`_still_to_forget` names (at most ``FOLLOW_UP_FORGET``, the
@@ -730,8 +732,8 @@ def _so_steps(task, mp: MaskedParams, mg, forget_enc: Encoded, retain_enc: Encod
     is out of reach from here). Work is counted in forward-example units (:class:`mape.update.Work`): a
     follow-up's gradients cost ``GRAD_WORK`` per example, each step-size trial ``trial_work``; a follow-up
     starts only if its gradients and one trial fit, and its trials stop when the next would not. Counting
-    instead of timing keeps a seeded run identical on every machine. For a whole class (``class_checks``:
-    ``evaluate`` takes the D_f positions to check) the follow-ups go on while any example of D_f — all of it
+    instead of timing keeps a seeded run identical on every machine. For a whole class, with ``evaluate_on``
+    (the check with the forget examples at given positions of D_f instead of the sample), the follow-ups go on while any example of D_f — all of it
     is measured — is still classified right, even when the check sample already reads 0 %, and their
     step-size trials check those examples (``forget_checked`` in the trial records) instead of the sample
     (vit-mnist class:3 seed 1: 1.25 % of the class left after the check read 0 %; 0.75 % with these checks).
@@ -752,17 +754,17 @@ def _so_steps(task, mp: MaskedParams, mg, forget_enc: Encoded, retain_enc: Encod
         return (f"work: another follow-up step ({need:.0f} example passes) would take the follow-ups past the "
                 f"search's work ({work.budget:.0f}; {work.spent:.0f} spent)")
 
-    while config.step == "auto" and len(steps) < config.so_steps and \
-            ((target.whole_class and class_checks) or not report.reached_target):
+    check_class = target.whole_class and evaluate_on is not None
+    while config.step == "auto" and len(steps) < config.so_steps and (check_class or not report.reached_target):
         left, loss_kind, probs = _still_to_forget(task, forget_enc, target, config.batch_size, cap=FOLLOW_UP_FORGET)
-        class_round = target.whole_class and class_checks and last is not None
+        class_round = check_class and last is not None
         if len(left) == 0:
             if class_round:  # measured on all of D_f, not only on the check sample
                 report.reached_target = target.feasible_check(last)
             break
         step_eval, extra = evaluate, {}
         if class_round:  # the trials check the class examples still right (all of D_f was measured), not a
-            step_eval = lambda left=left: evaluate(left)  # check sample that may already say 0
+            step_eval = lambda left=left: evaluate_on(left)  # check sample that may already say 0
             last, extra = _measured_on(last, probs, forget_enc.labels.numpy(), left), {"forget_checked": len(left)}
         grad_work = GRAD_WORK * (len(left) + len(repair_enc))
         stopped = out_of_work(grad_work + trial_work)

@@ -374,7 +374,7 @@ def test_follow_up_work_is_counted_and_a_seed_repeats_exactly(bbc_ws):
 
 def test_a_whole_class_follow_up_measures_all_of_the_class(bbc_ws):
     """The forget check sample can read 0 % while some of the class is still recognised (vit-mnist class:3 seed
-    1: 1.25 % of the class left). Scripted here as a check sample that always reads 0: with ``class_checks``
+    1: 1.25 % of the class left). Scripted here as a check sample that always reads 0: with ``evaluate_on``
     the follow-ups measure all of D_f, go on while any example is right and check their step sizes on those
     examples; without them the first step's reading ends the run."""
     from mape.adapters import unit_param_masks
@@ -391,16 +391,18 @@ def test_a_whole_class_follow_up_measures_all_of_the_class(bbc_ws):
         sel, mg = search(task, smp.forget_enc, smp.retain_enc, sparsity=0.9, with_params=True)
         mp = MaskedParams(unit_param_masks(task.adapter, torch.as_tensor(sel.heads), torch.as_tensor(sel.filters)))
 
-        def evaluate(forget_idx=None, task=task, smp=smp):
-            if forget_idx is None:  # the sample that already reads 0 %
-                return dataclasses.replace(check(task, smp.check_f, smp.check_r), forget_acc=0.0)
+        def evaluate(task=task, smp=smp):  # the sample that already reads 0 %
+            return dataclasses.replace(check(task, smp.check_f, smp.check_r), forget_acc=0.0)
+
+        def evaluate_on(forget_idx, task=task, smp=smp):
             return check(task, smp.forget_enc.take(forget_idx), smp.check_r)
 
         start = evaluate()
         target = forget_target(bbc_ws, forget, start.retain_acc, 0.5, 0, start.retain_losses)
         assert target.whole_class and target.to_json()["whole_class"]
         report = _so_steps(task, mp, mg, smp.forget_enc, smp.retain_enc, UnlearnConfig(so_steps=3), evaluate, target,
-                           None, trial_work=len(smp.check_f) + len(smp.check_r), class_checks=class_checks)
+                           None, trial_work=len(smp.check_f) + len(smp.check_r),
+                           evaluate_on=evaluate_on if class_checks else None)
         right = task.predict_proba(smp.forget_enc).argmax(1) == smp.forget_enc.labels.numpy()
         runs[class_checks] = (report, right)
     plain, right_plain = runs[False]
