@@ -3,6 +3,7 @@
 import json
 import re
 
+from bench import acceptance
 from bench import run as bench
 
 
@@ -32,6 +33,7 @@ def test_quality_and_speed_sections_from_real_runs(tmp_path, capsys):
     res = json.loads((results / "quality-test-vit-mnist-n300-class_3.json").read_text())
     assert res["methods"] == ["mape", "so"] and res["seeds"] == [0]
     assert res["results"]["retrain"]["gap_to_retrain"]["mean"] == 0.0
+    _check_acceptance_of(results / "quality-test-vit-mnist-n300-class_3.json", res, capsys)
 
     assert bench.main(["speed", *common, "--methods", "mape", "--forget", "random:16"]) == 0
     text = md.read_text()
@@ -41,6 +43,21 @@ def test_quality_and_speed_sections_from_real_runs(tmp_path, capsys):
     assert row["total_s"] > 0 and speed["retrain"]["total_s"] > 0
     assert row["speedup_vs_retrain"] == speed["retrain"]["total_s"] / row["total_s"]
     assert re.search(r"\| mape \| [\d.]+ \| [\d.]+ \| [\d.]+ \| .* \| [\d,.]+× \|", text)
+
+
+def _check_acceptance_of(path, res, capsys):
+    """bench/acceptance.py on a real saved comparison: its figures are the JSON's, its verdict follows them."""
+    capsys.readouterr()
+    assert acceptance.main([str(path)]) == 0
+    out = capsys.readouterr().out
+    gap = {name: 100 * res["results"][name]["gap_to_retrain"]["mean"] for name in ("original", "mape", "so")}
+    rank = 1 + (gap["so"] < gap["mape"])
+    forget = 100 * res["results"]["mape"]["forget_acc"]["values"][0]
+    assert f"| test-vit-mnist `class:3` | 0 | {gap['mape']:.2f} | {gap['original']:.2f} | {rank} of 2 | so ({gap['so']:.2f}) |" in out
+    assert out.rstrip().endswith(f"every seed: {int(forget <= 1.0)} of 1 tables")
+    assert f"smallest gap of its table: {int(rank == 1)} of 1 tables" in out
+    assert acceptance.main([str(path) + "+" + str(path)]) == 2  # one seed twice: refused with one line
+    assert "more than one run" in capsys.readouterr().err
 
 
 def test_merge_writes_one_section_over_the_seeds_of_separate_runs(tmp_path, capsys):
