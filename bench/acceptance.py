@@ -31,9 +31,9 @@ def _per_seed_gaps(res: CompareResult, name: str) -> list[float]:
 
 
 def is_whole_class(res: CompareResult) -> bool:
-    """``class:NAME`` without a count: every training example of a class."""
-    parts = res.forget.split(":")
-    return parts[0] == "class" and len(parts) == 2
+    """D_f is a whole class: the saved forget set's ``forget_class``, the same signal the engine's target
+    (``forget_target``) and metrics (``test_forget_class_acc``) use, not a second parse of the spec."""
+    return all(run["forget"].get("forget_class") is not None for run in res.runs)
 
 
 def table_row(res: CompareResult) -> dict:
