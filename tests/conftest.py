@@ -9,6 +9,11 @@ import pytest
 from mape.presets import PRESETS
 from mape.train import Recipe
 
+if os.environ.get("PYTEST_XDIST_WORKER"):  # `pytest -n N`: each worker gets its share of the cores (N
+    import torch  # workers each running a thread per core would oversubscribe the CPU)
+
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))))
+
 SHARED_DATA = Path(os.environ.get("MAPE_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
 # Real MiniLM on real BBC News, short sequences and one epoch: trains in seconds on 2 cores.

@@ -111,16 +111,18 @@ def test_unlearn_endpoint_image_with_retrain(server):
     assert "test_forget_class_acc" in res["metrics"]["unlearned"]
 
 
-def test_unlearn_endpoint_on_a_mislabel_scenario(server):
-    """The appended ``scenario`` argument: the original trained on 8 mislabeled texts, forget ``poisoned``."""
+def test_unlearn_endpoint_on_a_scenario(server):
+    """The appended ``scenario`` argument: the original trained with 8 backdoored texts, forget ``poisoned``.
+    (The app's first text scenario, whose original the browser and serving tests use too: one training per
+    suite with a shared cache. Label noise is run end to end in tests/test_scenarios.py.)"""
     from gradio_client import Client
 
-    res = Client(server, verbose=False).predict("tiny-bbc", "poisoned", "mlr", 0.9, "so", 0, False, "mislabel:8",
-                                                api_name="/unlearn")
-    assert res["scenario"]["spec"] == "mislabel:8" and res["forget"]["size"] == 8
+    res = Client(server, verbose=False).predict("tiny-bbc", "poisoned", "mlr", 0.9, "so", 0, False,
+                                                "backdoor:cf:sport:8", api_name="/unlearn")
+    assert res["scenario"]["spec"] == "backdoor:cf:sport:8" and res["forget"]["size"] == 8
     assert sorted(res["forget"]["indices"]) == sorted(res["scenario"]["indices"])
-    assert {"forget_acc", "forget_acc_true"} <= set(res["metrics"]["unlearned"])
-    assert "asr" not in res["metrics"]["unlearned"]  # no trigger in label noise
+    for name in ("original", "unlearned"):
+        assert {"forget_acc", "forget_acc_true", "asr"} <= set(res["metrics"][name])
 
 
 def test_unlearn_endpoint_poisoned_needs_a_scenario(server):

@@ -16,9 +16,16 @@ def _state(task):
     return {k: v.detach().clone() for k, v in task.model.state_dict().items()}
 
 
-def test_class_forgetting_real_run(bbc_ws):
+@pytest.fixture(scope="module")
+def sport_run(bbc_ws):
+    """One real run forgetting the whole class sport, with its retrained reference (two tests read it), and
+    the shared original's weights before it."""
     before = _state(bbc_ws.task)
-    res = unlearn(bbc_ws, "class:sport", UnlearnConfig(seed=0))
+    return before, unlearn(bbc_ws, "class:sport", UnlearnConfig(seed=0, retrain=True))
+
+
+def test_class_forgetting_real_run(bbc_ws, sport_run):
+    before, res = sport_run
     m = res.metrics
     assert m["original"]["forget_acc"] > 0.8
     assert m["unlearned"]["forget_acc"] <= 0.10
@@ -39,7 +46,7 @@ def test_class_forgetting_real_run(bbc_ws):
 
 
 def test_same_seed_same_result(bbc_ws):
-    cfg = dict(seed=3, step=0.05)
+    cfg = dict(seed=3, step=0.05, retain_sample=64)
     a = unlearn(bbc_ws, "random:24", UnlearnConfig(**cfg)).to_json()
     b = unlearn(bbc_ws, "random:24", UnlearnConfig(**cfg)).to_json()
     for key in ("forget", "selection", "metrics", "params"):
@@ -47,17 +54,18 @@ def test_same_seed_same_result(bbc_ws):
 
 
 def test_successive_requests_accumulate(bbc_ws):
-    results = unlearn_successively(bbc_ws, ["class:tech:20", "class:business:20"], UnlearnConfig(step=0.05))
+    results = unlearn_successively(bbc_ws, ["class:tech:20", "class:business:20"],
+                                   UnlearnConfig(step=0.05, retain_sample=64))
     assert len(results) == 2 and len(results[-1].history) == 2
     assert results[1].history[0]["spec"] == "class:tech:20"
     assert set(results[1].history[1]["metrics"]) >= {"forget_acc", "retain_acc", "test_acc", "mia"}
     assert results[1].unlearned is not results[0].unlearned
 
 
-def test_retrain_is_cached_and_closer(bbc_ws):
+def test_retrain_is_cached_and_closer(bbc_ws, sport_run):
     from mape.pipeline import retrain_model
 
-    res = unlearn(bbc_ws, "class:sport", UnlearnConfig(retrain=True))
+    _, res = sport_run
     assert res.metrics["retrain"]["forget_acc"] <= 0.05
     assert res.gap_to_retrain["unlearned"] < res.gap_to_retrain["original"]
     again, seconds, cached = retrain_model(bbc_ws, res.forget_set.indices)  # what a second run loads
@@ -102,7 +110,7 @@ def test_forget_target_comes_from_unused_training_examples(bbc_ws, monkeypatch):
 
 
 def test_report_states_the_forget_target(bbc_ws):
-    res = unlearn(bbc_ws, "random:24", UnlearnConfig(seed=1)).to_json()
+    res = unlearn(bbc_ws, "random:24", UnlearnConfig(seed=1, retain_sample=64)).to_json()
     target = res["update"]["target"]
     assert 0.5 < target["forget_acc"] <= 1 and "unused training examples" in target["source"]
     assert target["tolerance"] == UnlearnConfig().tolerance and 0 < target["retain_acc"] <= 1
@@ -121,7 +129,7 @@ def test_report_states_the_forget_target(bbc_ws):
 def test_cli_unlearn_writes_the_schema(tmp_path, capsys):
     out = tmp_path / "r.json"
     code = main(["unlearn", "--preset", "test-minilm-bbc", "--train-limit", "400", "--forget", "class:sport",
-                 "--device", "cpu", "--quiet", "--out", str(out)])
+                 "--device", "cpu", "--step", "0.05", "--retain-sample", "64", "--quiet", "--out", str(out)])
     assert code == 0
     r = json.loads(out.read_text(), parse_constant=lambda c: pytest.fail(f"non-strict JSON value {c}"))
     assert r["preset"] == "test-minilm-bbc"

@@ -272,6 +272,22 @@ def test_cli_prepare_and_unlearn_on_a_scenario(poisoned_ws, capsys, tmp_path):
         assert {"asr", "forget_acc_true", "test_acc"} <= set(data["metrics"][name])
 
 
+def test_unlearning_a_mislabel_scenario_measures_true_labels_and_no_asr():
+    """Label noise end to end on the engine: forget ``poisoned`` on an original trained with 12 flipped
+    labels; the metrics carry the forget accuracy against the true labels (computed here by brute force)
+    and no attack success rate (no trigger in label noise)."""
+    ws = pipeline.prepare("test-vit-mnist", train_limit=300, device="cpu", scenario="mislabel:12")
+    sc = ws.scenario
+    res = pipeline.unlearn(ws, "poisoned", pipeline.UnlearnConfig(step=0.05, retain_sample=64))
+    assert res.scenario["spec"] == "mislabel:12" and sorted(res.forget_set.indices) == sorted(sc.indices)
+    assert np.all(ws.train_y[sc.indices] != sc.original_labels)  # every altered label differs from the truth
+    pred = res.unlearned.predict_proba(res.unlearned.encode(ws.dataset.train.take(sc.indices))).argmax(1)
+    for name in ("original", "unlearned"):
+        assert "asr" not in res.metrics[name]
+    assert res.metrics["unlearned"]["forget_acc_true"] == float((pred == sc.original_labels).mean())
+    assert res.metrics["unlearned"]["forget_acc"] == float((pred == ws.train_y[sc.indices]).mean())
+
+
 def test_the_apps_scenario_choices_parse_and_fit_their_preset():
     """The app's ready-made scenarios (app_support) are valid specs that resolve on their dataset (target
     class exists, N not larger than the other classes hold), with a label and a one-line explanation; the
