@@ -436,7 +436,7 @@ def run_method(ws, method: str | MethodSpec, forget: ForgetSet, seed: int = 0, c
                    "reached_target": res.update["reached_target"], "selected_heads": res.selection["selected_heads"],
                    "selected_filters": res.selection["selected_filters"], "swaps": res.selection["swaps"],
                    "params_selected": res.params["selected"], **res.memory,
-                   **{k: res.update[k] for k in ("stopped", "step_seconds") if k in res.update}}
+                   **{k: res.update[k] for k in ("stopped", "step_seconds", "work") if k in res.update}}
         return MethodRun(spec.name, res.unlearned, res.timing["total_s"],
                          count_changed(ws.task.model, res.unlearned.model), details,
                          metrics={**res.metrics["unlearned"], "_forget_losses": res.forget_losses.get("unlearned")})

@@ -372,6 +372,44 @@ def test_follow_up_work_is_counted_and_a_seed_repeats_exactly(bbc_ws):
     assert mp.changed() == report.params_changed
 
 
+def test_a_follow_up_reuses_the_check_of_all_of_the_forget_set_and_counts_a_scan(bbc_ws, monkeypatch):
+    """Which forget examples are left is read from the chosen trial's check when that check measured all of
+    D_f (the check sample is D_f, in order): the same steps and trials as scanning D_f again, |D_f| units of
+    work less per follow-up. When D_f is scanned, the scan is counted: a budget that the reusing run spends
+    exactly leaves the scanning run fewer trials (uncounted, the scan took BBC class:tech:120 seed 2's
+    follow-up past its search on the clock)."""
+    from mape import pipeline
+    from mape.pipeline import UnlearnConfig, _so_steps
+
+    scans, real = [], pipeline._still_to_forget
+
+    def counting(task, enc, *args, **kw):
+        scans.append(len(enc))
+        return real(task, enc, *args, **kw)
+
+    monkeypatch.setattr(pipeline, "_still_to_forget", counting)
+    monkeypatch.setattr(pipeline, "FOLLOW_UP_STALL", float("inf"))  # every follow-up runs
+    strip = lambda r: {k: v for k, v in r.to_json().items() if k not in ("step_seconds", "work")}  # noqa: E731
+
+    def run(covers: bool, budget: float):
+        scans.clear()
+        smp, task, mp, mg, evaluate, target = _hard_follow_up_case(bbc_ws)
+        assert len(smp.check_f) == len(smp.forget_enc) == 24
+        report = _so_steps(task, mp, mg, smp.forget_enc, smp.retain_enc, UnlearnConfig(so_steps=3), evaluate,
+                           target, None, budget=budget, trial_work=len(smp.check_f) + len(smp.check_r),
+                           check_covers_forget=covers)
+        return report, list(scans)
+
+    reused, reused_scans = run(True, float("inf"))
+    scanned, scanned_scans = run(False, float("inf"))
+    assert isinstance(reused.step, list) and len(reused.step) >= 2  # a follow-up ran
+    assert reused_scans == [] and len(scanned_scans) >= len(reused.step) - 1 and set(scanned_scans) == {24}
+    assert strip(reused) == strip(scanned)  # the same decisions, step for step and trial for trial
+    assert scanned.work["spent"] == pytest.approx(reused.work["spent"] + 24 * len(scanned_scans), abs=0.1)
+    tight, _ = run(False, reused.work["spent"])  # the reusing run's work, now with scans to pay for
+    assert tight.work["spent"] <= reused.work["spent"] and len(tight.trials) < len(reused.trials)
+
+
 def test_a_whole_class_follow_up_measures_all_of_the_class(bbc_ws):
     """The forget check sample can read 0 % while some of the class is still recognised (vit-mnist class:3 seed
     1: 1.25 % of the class left). Scripted here as a check sample that always reads 0: with ``evaluate_on``
