@@ -745,9 +745,9 @@ def _so_steps(task, mp: MaskedParams, mg, forget_enc: Encoded, retain_enc: Encod
     measured it); a follow-up starts only if its scan, its gradients and one trial fit, and its trials stop
     when the next would not. (With the scan uncounted, BBC ``class:tech:120`` seed 2's follow-up ran 19.7 s
     after an 18.9 s search, its counted work within budget.) Counting instead of timing keeps a seeded run
-    identical on every machine. For a whole class, with ``evaluate_on`` (the check with the forget examples at given positions of D_f instead
-    of the sample), the follow-ups go on while any example of D_f — all of it is measured — is still
-    classified right, even when the check sample already reads 0 %, and their
+    identical on every machine. For a whole class, with ``evaluate_on`` (the check with the forget examples
+    at given positions of D_f instead of the sample), the follow-ups go on while any example of D_f — all of
+    it is measured — is still classified right, even when the check sample already reads 0 %, and their
     step-size trials check those examples (``forget_checked`` in the trial records) instead of the sample
     (vit-mnist class:3 seed 1: 1.25 % of the class left after the check read 0 %; 0.75 % with these checks).
     The report lists every step's trials (``round`` = step number), ``step_seconds`` and ``work``."""
