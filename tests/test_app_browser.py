@@ -15,6 +15,8 @@ import os
 import re
 import shutil
 import socket
+import sys
+import threading
 import time
 from pathlib import Path
 
@@ -48,6 +50,25 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_until_the_engine_is_idle(timeout: float = 300.0) -> None:
+    """Let work the app started in its worker threads finish before the server closes: after the last test a
+    run's automatic attribution (Captum) may still be running, and an interpreter that exits under a thread
+    inside torch aborts ("terminate called without an active exception", seen with the real MiniLM · BBC
+    preset after all tests had passed)."""
+    me, end = threading.get_ident(), time.monotonic() + timeout
+
+    def busy() -> bool:
+        for tid, frame in sys._current_frames().items():
+            while tid != me and frame is not None:
+                if any(part in frame.f_code.co_filename for part in ("/mape/", "/captum/", "/ui/")):
+                    return True
+                frame = frame.f_back
+        return False
+
+    while busy() and time.monotonic() < end:
+        time.sleep(0.5)
+
+
 @pytest.fixture(scope="module")
 def server():
     import torch
@@ -67,6 +88,7 @@ def server():
     try:
         yield f"http://127.0.0.1:{port}/"
     finally:
+        wait_until_the_engine_is_idle()
         demo.close()
         mp.undo()
         torch.set_num_threads(threads)
