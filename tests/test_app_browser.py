@@ -55,12 +55,17 @@ def wait_until_the_engine_is_idle(timeout: float = 300.0) -> None:
     run's automatic attribution (Captum) may still be running, and an interpreter that exits under a thread
     inside torch aborts ("terminate called without an active exception", seen with the real MiniLM · BBC
     preset after all tests had passed)."""
+    import captum
+    import mape
+    import ui
+
+    dirs = tuple(str(Path(m.__file__).resolve().parent) + os.sep for m in (mape, ui, captum))
     me, end = threading.get_ident(), time.monotonic() + timeout
 
     def busy() -> bool:
         for tid, frame in sys._current_frames().items():
             while tid != me and frame is not None:
-                if any(part in frame.f_code.co_filename for part in ("/mape/", "/captum/", "/ui/")):
+                if str(Path(frame.f_code.co_filename).resolve()).startswith(dirs):
                     return True
                 frame = frame.f_back
         return False
