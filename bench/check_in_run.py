@@ -1,6 +1,6 @@
 """Is a step-size check slower inside a run than on a fresh model?
 
-    python bench/check_in_run.py minilm-bbc class:tech:120 2
+    PYTHONPATH=. python bench/check_in_run.py minilm-bbc class:tech:120 2
 
 Times `mape.update.check` on the request's check samples: on a fresh clone of the original before the run,
 every check `unlearn` makes (step-size trials of the first step and of the follow-ups), on the model the run
@@ -12,6 +12,7 @@ from __future__ import annotations
 import sys
 import time
 
+from bench.common import wall_times
 import mape.pipeline as pipeline
 from mape.forget import select_forget
 from mape.pipeline import UnlearnConfig, prepare, request_samples, unlearn
@@ -19,12 +20,7 @@ from mape.update import check
 
 
 def timed(fn, repeats: int = 3) -> list[float]:
-    out = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        out.append(round(time.perf_counter() - t0, 2))
-    return out
+    return [round(t, 2) for t in wall_times(fn, repeats)]
 
 
 def main(preset: str, spec: str, seed: int) -> None:

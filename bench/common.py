@@ -1,7 +1,8 @@
-"""Helpers shared by the benchmark scripts: device synchronisation and process memory."""
+"""Helpers shared by the benchmark scripts: device synchronisation, process memory and repeated timings."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 
@@ -31,3 +32,13 @@ def sync(device) -> None:
 
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def wall_times(fn, repeats: int) -> list[float]:
+    """Wall-clock seconds of ``repeats`` calls of ``fn`` (CPU work; on a GPU, ``fn`` must sync itself)."""
+    out = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t0)
+    return out

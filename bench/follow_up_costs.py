@@ -1,7 +1,7 @@
 """Per-example cost of the passes the ``so`` follow-ups count (mape.update.GRAD_WORK).
 
-    python bench/follow_up_costs.py minilm-bbc class:tech:120
-    python bench/follow_up_costs.py vit-mnist class:3
+    PYTHONPATH=. python bench/follow_up_costs.py minilm-bbc class:tech:120
+    PYTHONPATH=. python bench/follow_up_costs.py vit-mnist class:3
 
 Times, best of two, on the preset's cached original: the search's gradient pass (mask and parameter
 gradients over D_f and the retain sample), a follow-up's two gradient passes (≤128 forget examples on the
@@ -11,10 +11,10 @@ budget counts a gradient example as GRAD_WORK forward examples; this script is h
 from __future__ import annotations
 
 import sys
-import time
 
 import numpy as np
 
+from bench.common import wall_times
 from mape.forget import select_forget
 from mape.pipeline import prepare, request_samples
 from mape.scoring import _unit_params, mask_gradients, param_stats
@@ -22,12 +22,7 @@ from mape.update import check
 
 
 def best_of(fn, repeats: int = 2) -> float:
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
+    return min(wall_times(fn, repeats))
 
 
 def main(preset: str, spec: str) -> None:
