@@ -1,4 +1,4 @@
-"""Command line: ``python -m mape presets | prepare | unlearn | compare | merge``.
+"""Command line: ``python -m mape presets | prepare | unlearn | compare | merge | gate``.
 
 Bad input exits with code 2 and one line on stderr (``error: ...``), never a traceback.
 """
@@ -9,6 +9,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 from mape.errors import MapeError
@@ -100,7 +101,39 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("merge", help="one comparison over the seeds of several compare runs (JSON + markdown)")
     p.add_argument("inputs", nargs="+", help="compare JSON files of the same comparison with different seeds")
     p.add_argument("--out", required=True, help="merged JSON path (the markdown table goes next to it, .md)")
+    p = sub.add_parser("gate", help="the quality gate: canonical full-size cases, each against its band (exit 1 if out)")
+    p.add_argument("--cases", default=None, help="comma-separated case names (default: every case)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--out", default=None, help="also write every case's bands and run JSON here")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
+
+
+def cmd_gate(args) -> int:
+    from mape.gate import gate_passes, run_gate, select_cases, table_lines
+
+    cases = select_cases(args.cases)  # before any slow work
+    progress = TqdmProgress(not args.quiet)
+
+    def done(res) -> None:
+        progress.close()
+        mark = "ok" if res.ok else ("known short" if res.known_short else "OUT OF BAND")
+        print(f"{res.case}: {mark} ({res.seconds:.0f} s)" + (f": {res.error}" if res.error else ""), flush=True)
+
+    t0 = time.perf_counter()
+    try:
+        results = run_gate(cases, args.seed, progress, args.device, on_case=done)
+    finally:
+        progress.close()
+    passed = gate_passes(results)
+    print("\n".join(table_lines(results)))
+    print(f"gate {'passed' if passed else 'FAILED'}: {sum(r.ok for r in results)} of {len(results)} cases in band, "
+          f"{time.perf_counter() - t0:.0f} s")
+    if args.out:
+        _write_json(args.out, {"passed": passed, "seed": args.seed, "cases": [r.to_json() for r in results]})
+        print(f"wrote {args.out}")
+    return 0 if passed else 1
 
 
 def cmd_merge(args) -> int:
@@ -211,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
 
             return cmd_compare(args, _prepare, TqdmProgress)
         return {"presets": cmd_presets, "prepare": cmd_prepare, "unlearn": cmd_unlearn,
-                "merge": cmd_merge}[args.command](args)
+                "merge": cmd_merge, "gate": cmd_gate}[args.command](args)
     except MapeError as exc:
         print(f"error: {_one_line(str(exc))}", file=sys.stderr)
         return 2
