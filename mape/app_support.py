@@ -657,8 +657,9 @@ with $M$ the parameters owned by the selected units, $\hat I_r$ the diagonal par
 $\lambda$ a damping term (so $\eta$ is relative: the fraction of $\lVert\theta_M\rVert$ the step moves). Every other
 parameter stays **bit-identical**. With step size **auto**, $\eta$ is chosen from a small grid by forward passes only,
 so that $D_f$ ends up looking the way it would to a model retrained without it, while retain accuracy stays within a
-tolerance and retain examples keep their confidence (a step that leaves them correct but unsure is one a membership
-attack reads); when $D_f$ is part of a class, the rest of that class must stay correct too (at most the tolerance's
+tolerance and the model still tells its retain examples apart from examples it never saw as well as it did before
+(a step that leaves them correct but as unsure as unseen data is one a membership attack reads; a change of
+confidence on every example alike, which retraining itself can make, is allowed); when $D_f$ is part of a class, the rest of that class must stay correct too (at most the tolerance's
 share of the retain check's examples of that class may turn wrong: the whole retain sample hides a step that breaks
 one class), and, unless $D_f$ is a whole class, a smallest grid step that breaks either is stepped below, by
 thirds. For a whole class that is accuracy 0 (a class the model never learned). For a random, partial-class or
@@ -669,13 +670,15 @@ prior when $D_f$ leaves the training set: a model retrained without part of a cl
 the step is right when $P(\ell_f > \ell_{\text{unseen}}) \approx \tfrac12$. Accuracy alone is
 not enough: on a set the model generalises to, accuracy is reached almost at once while the examples keep the
 near-certain confidence of training data — and that confidence is exactly what a membership attack reads.
-If one step cannot get there within the tolerance, up to four more steps follow, each from the point reached and
+If the forget set already looks that way, nothing changes. If one step cannot get there within the tolerance, up to
+nineteen more steps follow, each from the point reached and
 along $M \odot (\hat I_r + \lambda)^{-1} \odot (\hat g_f - \hat g_r)$: $\hat g_f$ is the gradient of the *log* loss
 of the forget examples still more confident than the unseen example of the same rank (for a class: the loss of those
 still classified correctly, found on all of $D_f$ — the follow-ups go on until none is, and check their step sizes on
 them), $\hat g_r$ the retain gradient that repairs what the previous steps cost. They stop
-early, and say why, when a step brings $D_f$ no closer (it is undone) or when they would do more model work
-(forward and backward passes, counted) than the search.
+early, and say why, when a step brings $D_f$ no closer or breaks what the retain check allows (it is undone: first,
+do no harm), or when the run would do more than half the model work of retraining (forward and backward passes,
+counted: the user's alternative is to retrain).
 Other rules: **ga** (gradient ascent on $D_f$), **gd** (ascent on $D_f$ + descent on $D_r$), **rl** (random labels
 on $D_f$ + $D_r$), **npo** (negative preference optimisation against $\theta^*$) — all restricted to the same units.
 

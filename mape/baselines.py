@@ -49,7 +49,7 @@ import copy
 import re
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import torch
@@ -60,8 +60,11 @@ from mape.forget import ForgetSet
 from mape.models import Encoded, TaskModel
 from mape.scoring import param_stats
 from mape.train import Recipe, _embedding_params, train
-from mape.update import (UPDATES, KeepClosest, MaskedParams, Target, UpdateReport, accuracy, check, training_only,
+from mape.update import (UPDATES, KeepClosest, MaskedParams, Target, UpdateReport, accuracy, training_only,
                          iterative_update, so_direction, so_update)
+
+if TYPE_CHECKING:
+    from mape.pipeline import RequestSamples
 
 Progress = Callable[[str, float], None]
 
@@ -205,6 +208,7 @@ class _Context:
     retain_enc: Encoded        # the seeded retain sample (gradients / Fisher / retain batches)
     check_f: Encoded
     check_r: Encoded
+    samples: RequestSamples    # mape.pipeline's samples of this request (its check)
     target: Target | None = None
 
 
@@ -213,11 +217,11 @@ def _context(ws, forget: ForgetSet, seed: int, config: BaselineConfig, forgotten
     from mape.pipeline import request_samples
 
     smp = request_samples(ws, forget, forgotten, seed, config.retain_sample)
-    return _Context(forget, smp.forget_enc, smp.retain_all, smp.retain_enc, smp.check_f, smp.check_r)
+    return _Context(forget, smp.forget_enc, smp.retain_all, smp.retain_enc, smp.check_f, smp.check_r, smp)
 
 
 def _evaluator(task: TaskModel, ctx: _Context):
-    return lambda: check(task, ctx.check_f, ctx.check_r)
+    return lambda: ctx.samples.check(task)
 
 
 # --------------------------------------------------------------------------- SalUn and SSD

@@ -28,7 +28,7 @@ from mape.scoring import OBJECTIVES, param_stats, sample_retain
 from mape.search import Selection, search
 from mape.train import train
 from mape.update import (GRAD_WORK, SO_GRID, UPDATES, Check, MaskedParams, Target, UpdateReport, Work, check,
-                         iterative_update, so_direction, so_update)
+                         iterative_update, retrain_work, so_direction, so_update)
 
 Progress = Callable[..., None]   # progress(stage: str, fraction: float, selection: Selection | None = None)
 
@@ -39,11 +39,9 @@ CHECK_RETAIN = 256        # retain check sample for the auto step size: its accu
 # a 2-point tolerance, and on 128 examples that was 2 mistakes — ViT · MNIST class:3 kept 19.0 % of the class
 # over 5 seeds with 128, 5.8 % with 256 (the chosen steps' full retain accuracy 97.8 vs 98.0 %)
 REFERENCE_SIZE = 1024     # unseen-example losses in the forget set's class mix (the auto step's target)
+CHECK_UNSEEN = 128        # unseen check sample (examples never trained on, of the retained classes): the step's
+# retain examples must stay told apart from these as well as at the start (mape.update.Target.feasible)
 WHOLE_CLASS_SLACK = 0.005  # a whole class is forgotten when its check accuracy is 0 (< 1 of 128 wrong)
-WHOLE_CLASS_RETAIN_SHIFT = 0.15  # whole class: retain check losses may rank this much above the start's. A model
-# retrained without vit-mnist class:3 ranks 0.04-0.10 above the original there (seeds 0-2), so the general 0.1
-# rejected steps a retrain takes: forget accuracy 10.4 % over seeds 0-4 with 0.1, 0.3 % with 0.15, 0.15 % with 0.2
-# (retain accuracy 98.2-99.4 % with 0.15, 97.1-98.9 % with 0.2)
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -77,7 +75,8 @@ class UnlearnConfig:
     batch_size: int = 32
     tolerance: float = 0.02
     damping: float = 0.01            # λ = damping · mean(Î_r over the selection)
-    so_steps: int = 5                # auto: at most this many so steps (follow-ups: ∇L on D_f left − ∇L_r)
+    so_steps: int = 20               # auto: at most this many so steps (follow-ups: ∇L on D_f left − ∇L_r); the
+    # run's work budget (half a retrain's, RUN_WORK_SHARE) and "no progress or harm" (_no_follow_up) end them first
     lr: float | None = None          # iterative rules; None: the preset's training lr
 
     def validate(self) -> None:
@@ -480,18 +479,20 @@ def loss_histograms(losses: dict[str, np.ndarray]) -> dict:
 
 
 def forget_target(ws: Workspace, forget: ForgetSet, retain_acc: float, tolerance: float, seed: int = 0,
-                  retain_losses: np.ndarray | None = None, retain_labels=None, retain_correct=None) -> Target:
+                  retain_losses: np.ndarray | None = None, retain_labels=None, retain_correct=None,
+                  unseen_losses: np.ndarray | None = None) -> Target:
     """What D_f should look like after unlearning (SPEC §2, ``mape.update`` docstring): for a whole class,
     accuracy 0; otherwise the accuracy *and* the loss distribution of unseen examples of its classes.
-    ``retain_losses``: the starting model's losses on the retain check sample, which a step may not make
-    much less confident (:meth:`Target.feasible`); ``retain_labels`` / ``retain_correct``: that sample's labels
+    ``retain_losses`` / ``unseen_losses``: the starting model's losses on the retain and unseen check samples,
+    whose separation a step may not lower beyond sampling noise (:meth:`Target.feasible`);
+    ``retain_labels`` / ``retain_correct``: that sample's labels
     and which of them the starting model gets right — when D_f is part of its classes (not all classes: a
     partial class), the examples of those classes it gets right become the focus that a step may not break
     (:meth:`Target.class_flips_allowed`)."""
     fa, source = forget_target_estimate(ws, forget)
     if forget.forget_class is not None:
         return Target(fa, retain_acc, tolerance, slack=WHOLE_CLASS_SLACK, source=source,
-                      retain_reference_losses=retain_losses, retain_shift_slack=WHOLE_CLASS_RETAIN_SHIFT,
+                      retain_reference_losses=retain_losses, unseen_reference_losses=unseen_losses,
                       whole_class=True)
     focus = None
     if retain_labels is not None and retain_correct is not None:
@@ -500,7 +501,7 @@ def forget_target(ws: Workspace, forget: ForgetSet, retain_acc: float, tolerance
             focus = np.isin(np.asarray(retain_labels), classes) & np.asarray(retain_correct, dtype=bool)
     return Target(fa, retain_acc, tolerance, source=f"{source}; loss distribution of the same examples",
                   reference_losses=unseen_loss_reference(ws, forget, seed), retain_reference_losses=retain_losses,
-                  retain_focus=focus)
+                  unseen_reference_losses=unseen_losses, retain_focus=focus)
 
 
 def start_target(ws: Workspace, forget: ForgetSet, start: Check, check_retain: Encoded, tolerance: float,
@@ -508,7 +509,7 @@ def start_target(ws: Workspace, forget: ForgetSet, start: Check, check_retain: E
     """:func:`forget_target` for a run that has measured its starting model: ``start`` is the
     :class:`~mape.update.Check` of that model on the retain check sample ``check_retain``."""
     return forget_target(ws, forget, start.retain_acc, tolerance, seed, start.retain_losses,
-                         check_retain.labels.numpy(), start.retain_correct)
+                         check_retain.labels.numpy(), start.retain_correct, start.unseen_losses)
 
 
 def retrain_cache_key(ws: Workspace, forgotten: np.ndarray) -> tuple[str, str]:
@@ -546,6 +547,16 @@ class RequestSamples:
     retain_eval_idx: np.ndarray  # the fixed retain sample for retain accuracy and MIA
     check_f: Encoded            # forget check sample of the auto step size
     check_r: Encoded            # retain check sample of the auto step size
+    check_u: Encoded            # unseen check sample of the auto step size (never trained on; retained classes)
+
+    def check(self, task: TaskModel, forget: Encoded | None = None) -> Check:
+        """The auto step's check of ``task`` (on ``forget`` instead of the forget check sample if given)."""
+        return check(task, self.check_f if forget is None else forget, self.check_r, unseen=self.check_u)
+
+    @property
+    def trial_work(self) -> int:
+        """Counted work of one check (forward passes over the three check samples)."""
+        return len(self.check_f) + len(self.check_r) + len(self.check_u)
 
 
 def request_samples(ws: Workspace, forget: ForgetSet, forgotten: np.ndarray, seed: int,
@@ -561,7 +572,21 @@ def request_samples(ws: Workspace, forget: ForgetSet, forgotten: np.ndarray, see
     check_r = ws.train_enc.take(np.sort(rng.choice(retain_eval_idx, min(CHECK_RETAIN, len(retain_eval_idx)),
                                                    replace=False)))
     return RequestSamples(forget_enc, retain_all, ws.train_enc.take(sample_retain(retain_all, size, seed)),
-                          retain_eval_idx, check_f, check_r)
+                          retain_eval_idx, check_f, check_r, unseen_check(ws, forget, seed))
+
+
+def unseen_check(ws: Workspace, forget: ForgetSet, seed: int, size: int = CHECK_UNSEEN) -> Encoded:
+    """A seeded sample of examples the original never trained on (the training examples a training limit left
+    out when there are some, else the test split), of the classes D_f leaves in the model (all but a forgotten
+    whole class)."""
+    unseen = ws.dataset.unseen
+    if unseen is not None and len(unseen):
+        y, take = np.asarray(unseen.y), lambda idx: ws.task.encode(unseen.take(idx))
+    else:
+        y, take = ws.test_y, ws.test_enc.take
+    pool = np.flatnonzero(y != forget.forget_class) if forget.forget_class is not None else np.arange(len(y))
+    rng = np.random.default_rng(seed + 99)
+    return take(np.sort(rng.choice(pool, min(size, len(pool)), replace=False)))
 
 
 def _peak_memory_reset(device) -> None:
@@ -604,10 +629,10 @@ def unlearn(ws: Workspace, forget_spec: str | ForgetSet, config: UnlearnConfig |
     forget_enc, retain_enc = smp.forget_enc, smp.retain_enc
 
     def evaluate():
-        return check(task, smp.check_f, smp.check_r)
+        return smp.check(task)
 
     def evaluate_on(forget_idx: np.ndarray):  # the forget examples at these positions of D_f instead of the sample
-        return check(task, forget_enc.take(forget_idx), smp.check_r)
+        return smp.check(task, forget_enc.take(forget_idx))
 
     _peak_memory_reset(ws.device)
     t0 = time.perf_counter()
@@ -621,16 +646,24 @@ def unlearn(ws: Workspace, forget_spec: str | ForgetSet, config: UnlearnConfig |
     mp = MaskedParams(unit_param_masks(task.adapter, *masks_sel))
     start = evaluate()
     target = start_target(ws, forget, start, smp.check_r, config.tolerance, config.seed)
+    work = run_budget(ws, smp)
+    work.spend(search_work(len(forget_enc), len(retain_enc)) + smp.trial_work)
     t1 = time.perf_counter()
-    if config.update == "so":
-        report = _so_steps(task, mp, mg, forget_enc, retain_enc, config, evaluate, target, progress,
-                           budget=FOLLOW_UP_BUDGET * search_work(len(forget_enc), len(retain_enc)),
-                           trial_work=len(smp.check_f) + len(smp.check_r), evaluate_on=evaluate_on,
-                           check_covers_forget=len(smp.check_f) == len(forget_enc), retain_check_size=len(smp.check_r))
+    if config.step == "auto" and target.met(start):  # first, do no harm: D_f already looks unseen
+        report = UpdateReport(config.update, 0, True, [{"step": 0, **target.describe(start)}], True, 0, final=start,
+                              stopped="no update: the forget set already looks the way it would to a retrained model",
+                              work=work.to_json())
+    elif config.update == "so":
+        report = _so_steps(task, mp, mg, forget_enc, retain_enc, config, evaluate, target, progress, work=work,
+                           trial_work=smp.trial_work, evaluate_on=evaluate_on,
+                           check_covers_forget=len(smp.check_f) == len(forget_enc),
+                           retain_check_size=len(smp.check_r) + len(smp.check_u))
     else:
         report = iterative_update(task, config.update, mp, forget_enc, retain_enc, config.step, evaluate, target,
                                   lr=config.lr or ws.preset.recipe.lr, batch_size=config.batch_size,
-                                  seed=config.seed, progress=(lambda s, f: progress(s, f)) if progress else None)
+                                  seed=config.seed, progress=(lambda s, f: progress(s, f)) if progress else None,
+                                  work=work, trial_work=smp.trial_work)
+        report.work = work.to_json()
     t_update = time.perf_counter() - t1
     report.target = target.to_json()
     memory = _peak_memory(ws.device)
@@ -663,10 +696,16 @@ def unlearn(ws: Workspace, forget_spec: str | ForgetSet, config: UnlearnConfig |
         unlearned=task, retrained=retrained, selection_obj=sel, forget_set=forget)
 
 
-FOLLOW_UP_STALL = 0.9   # a follow-up step must cut the miss to the target by at least 10 % to go on
-FOLLOW_UP_BUDGET = 1.0  # follow-up steps may do at most this multiple of the search's model work
+RUN_WORK_SHARE = 0.5    # a whole run (search, update, follow-ups) does at most this share of a retrain's counted work
 FOLLOW_UP_RETAIN = 128  # retain examples of a follow-up's repair gradient (the first of the seeded retain sample)
 FOLLOW_UP_FORGET = 128  # at most this many of the forget examples left (the most confident) per follow-up gradient
+
+
+def run_budget(ws: Workspace, smp: "RequestSamples") -> Work:
+    """The counted work a run may do: ``RUN_WORK_SHARE`` of retraining without D_f (the user's alternative,
+    :func:`mape.update.retrain_work`: the preset's epochs over every retained example)."""
+    retrain = retrain_work(ws.preset.recipe.epochs, len(smp.retain_all))
+    return Work(RUN_WORK_SHARE * retrain, retrain=retrain)
 
 
 def search_work(n_forget: int, n_retain: int) -> float:
@@ -708,7 +747,7 @@ def _measured_on(c: Check, probs: np.ndarray, labels: np.ndarray, idx: np.ndarra
     """``c`` with its forget part measured on the D_f positions ``idx`` (``probs``: the same model on D_f)."""
     p, y = probs[idx], labels[idx]
     return Check(float((p.argmax(1) == y).mean()), c.retain_acc, example_losses(p, y), c.retain_losses,
-                 c.retain_correct)
+                 c.retain_correct, c.unseen_losses)
 
 
 def _follow_up_grid(previous_step: float) -> tuple:
@@ -719,13 +758,32 @@ def _follow_up_grid(previous_step: float) -> tuple:
     return SO_GRID[start:]
 
 
+_NO_FOLLOW_UP = {"stalled": "did not bring the forget set closer to the target",
+                 "infeasible": "would break what the retain check allows"}
+
+
+def _no_follow_up(target: Target, before: Check | None, after: Check | None) -> str | None:
+    """Why a follow-up step from ``before`` to ``after`` is undone (None: it is kept). From a feasible point a
+    step is kept only if it stays feasible (within the retain tolerance, the focus and the separation: a
+    follow-up may not buy forgetting with harm the first step was not allowed to do) and brings D_f closer to
+    the target at all (its miss falls; the run's work budget, not a progress rate, bounds how long small
+    steps go on)."""
+    if before is None or after is None or not target.feasible_check(before):
+        return None
+    if not target.feasible_check(after):
+        return "infeasible"
+    if target.miss(after.forget_acc, after.forget_losses) >= target.miss(before.forget_acc, before.forget_losses):
+        return "stalled"
+    return None
+
+
 def _unit(grad: dict) -> dict:
     norm = float(np.sqrt(sum(float((g.double() ** 2).sum()) for g in grad.values())))
     return {p: g / max(norm, 1e-30) for p, g in grad.items()}
 
 
 def _so_steps(task, mp: MaskedParams, mg, forget_enc: Encoded, retain_enc: Encoded, config: UnlearnConfig,
-              evaluate, target: Target, progress: Progress | None, budget: float = float("inf"),
+              evaluate, target: Target, progress: Progress | None, work: Work | None = None,
               trial_work: float = 0.0, evaluate_on=None, check_covers_forget: bool = False,
               retain_check_size: int | None = None) -> UpdateReport:
     """The ``so`` update. With ``step='auto'``, when one step cannot reach the target within the retain
@@ -734,13 +792,13 @@ def _so_steps(task, mp: MaskedParams, mg, forget_enc: Encoded, retain_enc: Encod
     most confident), minus that of the first ``FOLLOW_UP_RETAIN`` examples of the retain sample (repairing
     what the previous steps cost): d = M ⊙ (Î_r + λ)⁻¹ ⊙ (ĝ_f,left − ĝ_r), both gradients scaled to unit
     norm when the forget one is on the log loss. The retain Fisher Î_r is kept.
-    Follow-ups stop early — and say why in ``stopped`` — when the next one would take their model work past
-    ``budget`` (the search's work, :func:`search_work`: no run spends longer on follow-ups than on its
-    search), or when a step cuts the miss to the target by less than 10 % (the step is undone: the target
-    is out of reach from here). Work is counted in forward-example units (:class:`mape.update.Work`): a
-    follow-up's gradients cost ``GRAD_WORK`` per example, each step-size trial
+    Follow-ups stop early — and say why in ``stopped`` — when the next one would take the run's counted work
+    past ``work``'s budget (:func:`run_budget`: half of a retrain's work, the search's already spent), or when a
+    step from a feasible point is not feasible or does not bring D_f closer to the target at all
+    (:func:`_no_follow_up`; the step is undone: first, do no harm). Work is counted in forward-example units (:class:`mape.update.Work`): the first step's trials and a
+    follow-up's cost alike: a follow-up's gradients cost ``GRAD_WORK`` per example, each step-size trial
     ``trial_work`` (a whole-class trial, with ``retain_check_size``: the examples it checks plus the retain
-    check sample), and its scan of D_f (which examples are left) one unit per example — skipped when
+    and unseen check samples), and its scan of D_f (which examples are left) one unit per example — skipped when
     ``check_covers_forget`` (the check sample is all of D_f, in order: the chosen trial's check already
     measured it); a follow-up starts only if its scan, its gradients and one trial fit, and its trials stop
     when the next would not. (With the scan uncounted, BBC ``class:tech:120`` seed 2's follow-up ran 19.7 s
@@ -752,20 +810,20 @@ def _so_steps(task, mp: MaskedParams, mg, forget_enc: Encoded, retain_enc: Encod
     (vit-mnist class:3 seed 1: 1.25 % of the class left after the check read 0 %; 0.75 % with these checks).
     The report lists every step's trials (``round`` = step number), ``step_seconds`` and ``work``."""
     prog = (lambda s, f: progress(s, f)) if progress else None
+    work = Work(float("inf")) if work is None else work
     t_first = time.perf_counter()
     report = so_update(task, mp, so_direction(mp, mg.param_forget_grad, mg.param_retain_fisher, config.damping),
-                       config.step, evaluate, target, progress=prog)
+                       config.step, evaluate, target, progress=prog, work=work, trial_work=trial_work)
     seconds = [time.perf_counter() - t_first]
     steps, trials = [report.step], [{**t, "round": 1} for t in report.trials]
     params, stopped, last = list(mp.masks), None, report.final
     repair_enc = retain_enc.take(np.arange(min(len(retain_enc), FOLLOW_UP_RETAIN)))
-    work = Work(budget)
 
     def out_of_work(need: float) -> str | None:
         if work.fits(need):
             return None
-        return (f"work: another follow-up step ({need:.0f} example passes) would take the follow-ups past the "
-                f"search's work ({work.budget:.0f}; {work.spent:.0f} spent)")
+        return (f"work: another follow-up step ({need:.0f} example passes) would take the run past its budget "
+                f"({work.budget:.0f}, half of a retrain's work; {work.spent:.0f} spent)")
 
     check_class = target.whole_class and evaluate_on is not None
     while config.step == "auto" and len(steps) < config.so_steps and (check_class or not report.reached_target):
@@ -811,13 +869,12 @@ def _so_steps(task, mp: MaskedParams, mg, forget_enc: Encoded, retain_enc: Encod
                            trial_work=round_trial_work, grid=_follow_up_grid(steps[-1]))
         trials += [{**t, "round": len(steps) + 1, **extra} for t in report.trials]
         seconds.append(time.perf_counter() - t_step)
-        if last is not None and report.final is not None and \
-                target.miss(report.final.forget_acc, report.final.forget_losses) > \
-                FOLLOW_UP_STALL * target.miss(last.forget_acc, last.forget_losses) and target.feasible_check(last):
-            here.set_offset(direction, 0.0)  # undo: this step did not bring D_f closer to the target
+        why = _no_follow_up(target, last, report.final)
+        if why:
+            here.set_offset(direction, 0.0)  # undo: first, do no harm
             report.reached_target = target.met(last)
             report.final = last
-            stopped = f"stalled: step {len(steps) + 1} did not bring the forget set closer to the target (undone)"
+            stopped = f"{why}: step {len(steps) + 1} {_NO_FOLLOW_UP[why]} (undone)"
             break
         steps.append(report.step)
         last = report.final

@@ -248,18 +248,23 @@ def test_config_validation():
 
 
 def test_baselines_draw_the_same_check_samples_as_unlearn(ws, forget, monkeypatch):
-    """The auto step of every baseline sees exactly the forget / retain check samples MAPE sees."""
+    """The auto step of every baseline sees exactly the forget / retain / unseen check samples MAPE sees."""
     import mape.pipeline
     from mape.baselines import _context
     from mape.pipeline import UnlearnConfig, unlearn
 
     seen = []
-    real = mape.pipeline.check  # the auto step's check: (task, forget check sample, retain check sample)
-    monkeypatch.setattr(mape.pipeline, "check", lambda task, f, r, *a: seen.append((f, r)) or real(task, f, r, *a))
+    real = mape.pipeline.check  # the auto step's check: (task, forget, retain check sample, unseen=...)
+
+    def recording(task, f, r, *a, unseen=None):
+        seen.append((f, r, unseen))
+        return real(task, f, r, *a, unseen=unseen)
+
+    monkeypatch.setattr(mape.pipeline, "check", recording)
     unlearn(ws, forget, UnlearnConfig(seed=3))
     ctx = _context(ws, forget, 3, BaselineConfig(), forget.indices)
-    assert len(seen) >= 1
-    for mine, theirs in ((ctx.check_f, seen[0][0]), (ctx.check_r, seen[0][1])):
+    assert len(seen) >= 1 and seen[0][2] is not None and len(seen[0][2]) > 0
+    for mine, theirs in ((ctx.check_f, seen[0][0]), (ctx.check_r, seen[0][1]), (ctx.samples.check_u, seen[0][2])):
         assert torch.equal(mine.labels, theirs.labels)
         assert all(torch.equal(mine.inputs[k], theirs.inputs[k]) for k in mine.inputs)
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from mape import cache
+from mape import cache, pipeline
 from mape.cli import main
 from mape.pipeline import UnlearnConfig, prepare, unlearn, unlearn_successively
 
@@ -19,9 +19,13 @@ def _state(task):
 @pytest.fixture(scope="module")
 def sport_run(bbc_ws):
     """One real run forgetting the whole class sport, with its retrained reference (two tests read it), and
-    the shared original's weights before it."""
+    the shared original's weights before it. The small workspace trains 2 epochs on 400 articles, where a
+    retrain costs less than any search (the search alone is over half of it), so the run's work budget is
+    lifted here: these tests are about what the update does (the budget has tests of its own)."""
     before = _state(bbc_ws.task)
-    return before, unlearn(bbc_ws, "class:sport", UnlearnConfig(seed=0, retrain=True))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(pipeline, "RUN_WORK_SHARE", float("inf"))
+        return before, unlearn(bbc_ws, "class:sport", UnlearnConfig(seed=0, retrain=True))
 
 
 def test_class_forgetting_real_run(bbc_ws, sport_run):
@@ -186,8 +190,8 @@ def test_so_follow_up_steps_use_the_examples_not_yet_forgotten(bbc_ws, monkeypat
     # an unreachable accuracy-only target (as for a whole class), no stall or time stop: every step runs
     monkeypatch.setattr(pipeline, "forget_target",
                         lambda ws, forget, ra, tol, *rest: Target(-1.0, ra, tol))
-    monkeypatch.setattr(pipeline, "FOLLOW_UP_STALL", float("inf"))
-    monkeypatch.setattr(pipeline, "FOLLOW_UP_BUDGET", float("inf"))
+    monkeypatch.setattr(pipeline, "_no_follow_up", lambda *args: None)
+    monkeypatch.setattr(pipeline, "RUN_WORK_SHARE", float("inf"))
     passes, real = [], scoring._gate_pass
 
     def recording(task, enc, *args, **kw):

@@ -9,7 +9,7 @@ import torch
 
 from mape.metrics import (example_losses, ks_distance, loss_distance, mia_scores, rank_shift,
                           scaled_confidence)
-from mape.update import Check, MaskedParams, Target, so_update
+from mape.update import Check, MaskedParams, Target, separation, separation_margin, so_update
 
 # --------------------------------------------------------------------------- per-example loss and confidence
 
@@ -84,15 +84,16 @@ def test_mia_resamples_are_reported_and_seeded():
 # --------------------------------------------------------------------------- the target of the auto step
 
 
-def _scripted(fa_of, losses_of, target, ra=0.97, retain_losses_of=lambda eta: None):
+def _scripted(fa_of, losses_of, target, ra=0.97, retain_losses_of=lambda eta: None,
+              unseen_losses_of=lambda eta: UNSEEN_START):
     """so_update's auto step on one scalar parameter p = η, with the forget accuracy, the forget check losses
-    and (optionally) the retain check losses scripted as functions of η."""
+    and (optionally) the retain and unseen check losses scripted as functions of η."""
     p = torch.nn.Parameter(torch.zeros(1))
     mp = MaskedParams({p: torch.ones(1, dtype=torch.bool)})
 
     def evaluate():
         eta = float(p.detach())
-        return Check(fa_of(eta), ra, losses_of(eta), retain_losses_of(eta))
+        return Check(fa_of(eta), ra, losses_of(eta), retain_losses_of(eta), None, unseen_losses_of(eta))
 
     report = so_update(None, mp, {p: torch.ones(1)}, "auto", evaluate, target)
     return report, float(p.detach())
@@ -139,19 +140,39 @@ def test_a_whole_class_still_goes_to_zero():
 
 
 RETAIN_START = np.exp(np.random.default_rng(2).normal(np.log(1e-3), 0.5, 256))  # the starting model's retain losses
+UNSEEN_START = np.exp(np.random.default_rng(5).normal(np.log(2e-3), 0.6, 128))  # … and its unseen check losses
 
 
 def test_a_step_that_makes_retain_examples_unsure_is_not_feasible():
     """Retain accuracy intact but a quarter of the retain check far less confident (what the BBC seed-2 step
-    did to one class): not feasible, like a retain accuracy drop. Small moves of the retain losses are."""
-    t = Target(forget_acc=0.9, retain_acc=0.99, retain_reference_losses=RETAIN_START)
+    did to one class): the retain examples are no longer told apart from unseen ones as at the start — not
+    feasible, like a retain accuracy drop. A change of confidence on every example alike is, however large
+    (a model retrained without BBC class:sport has its retain losses +0.47 above the original's, its test
+    losses +0.40, its separation unchanged), and so are small moves of the retain losses."""
+    t = Target(forget_acc=0.9, retain_acc=0.99, retain_reference_losses=RETAIN_START,
+               unseen_reference_losses=UNSEEN_START)
+    start = separation(RETAIN_START, UNSEEN_START)
+    assert start > 0.2 and t.separation_floor() == pytest.approx(start - separation_margin(256, 128))
     unsure = RETAIN_START.copy()
     unsure[:64] = 0.8  # p_y ≈ 0.45: still correct on a 5-class problem, but far from training confidence
-    assert t.retain_shift(unsure) > t.retain_shift_slack and not t.feasible(0.99, unsure)
-    assert t.retain_shift(RETAIN_START * 1.05) <= t.retain_shift_slack and t.feasible(0.99, RETAIN_START * 1.05)
+    assert separation(unsure, UNSEEN_START) < t.separation_floor() and not t.feasible(0.99, unsure, None, UNSEEN_START)
+    assert t.retain_shift(RETAIN_START * 5) > 0.4 and t.feasible(0.99, RETAIN_START * 5, None, UNSEEN_START * 5)
+    assert t.feasible(0.99, RETAIN_START * 1.05, None, UNSEEN_START)
     assert t.feasible(0.99) and not t.feasible(0.96)  # retain losses not measured: accuracy only
-    assert Target(0.9, 0.99).feasible(0.99, unsure)   # no reference: accuracy only
-    assert "retain_shift_at_most" in t.to_json() and "retain_shift" in t.describe(Check(0.9, 0.99, None, unsure))
+    assert t.feasible(0.99, unsure)                    # unseen losses not measured: accuracy only
+    assert Target(0.9, 0.99).feasible(0.99, unsure, None, UNSEEN_START)  # no reference: accuracy only
+    assert t.to_json()["separation"] == {"start": round(start, 6), "at_least": round(t.separation_floor(), 6)}
+    assert "separation" in t.describe(Check(0.9, 0.99, None, unsure, None, UNSEEN_START))
+
+
+def test_the_separation_margin_is_two_standard_errors_of_sampling_noise():
+    """Two samples from one distribution: the rank statistic's spread over draws matches the formula the
+    margin is made of (so the margin is the noise of the check samples, not a number fitted on a table)."""
+    rng = np.random.default_rng(0)
+    draws = [separation(rng.normal(size=256), rng.normal(size=128)) for _ in range(2000)]
+    assert np.std(draws) == pytest.approx(separation_margin(256, 128) / 2, rel=0.1)
+    assert separation_margin(256, 128) == pytest.approx(0.0627, abs=1e-3)
+    assert abs(np.mean(draws)) < 0.005
 
 
 def test_part_of_a_class_may_not_break_the_rest_of_that_class():
@@ -206,15 +227,17 @@ def test_against_a_distribution_the_step_goes_below_a_smallest_step_that_breaks_
     """The smallest grid step (0.01) already makes the retain check unsure; the forget losses are still short
     of the reference there. Against a loss distribution the step goes down (η/3 …) to a feasible one instead
     of staying at an infeasible 0.01 (BBC ``class:tech:120`` seed 2: gap 4.1 → 0.6)."""
-    target = Target(forget_acc=0.92, retain_acc=0.97, reference_losses=UNSEEN, retain_reference_losses=RETAIN_START)
+    target = Target(forget_acc=0.92, retain_acc=0.97, reference_losses=UNSEEN, retain_reference_losses=RETAIN_START,
+                    unseen_reference_losses=UNSEEN_START)
     retain_of = lambda eta: RETAIN_START * (1.0 if eta < 0.005 else 500.0)  # noqa: E731
     report, applied = _scripted(lambda eta: 0.92, _forget_losses, target, retain_losses_of=retain_of)
     assert 0 < applied < 0.005
-    assert target.feasible(0.97, RETAIN_START)  # what the applied step leaves
-    assert any(t["retain_shift"] > target.retain_shift_slack for t in report.trials)  # 0.01 was tried
+    assert target.feasible(0.97, RETAIN_START, None, UNSEEN_START)  # what the applied step leaves
+    assert any(t["separation"] < target.separation_floor() for t in report.trials)  # 0.01 was tried
     # without a loss distribution (a whole class) the rule is unchanged: only an overshoot steps down, so the
     # smallest step stays (stepping down cost ViT class:3 its forget accuracy of 0 %)
-    acc_only = Target(forget_acc=0.92, retain_acc=0.97, retain_reference_losses=RETAIN_START)
+    acc_only = Target(forget_acc=0.92, retain_acc=0.97, retain_reference_losses=RETAIN_START,
+                      unseen_reference_losses=UNSEEN_START)
     _, applied = _scripted(lambda eta: 0.92, _forget_losses, acc_only, retain_losses_of=retain_of)
     assert applied == pytest.approx(0.01)
 
@@ -222,11 +245,12 @@ def test_against_a_distribution_the_step_goes_below_a_smallest_step_that_breaks_
 def test_the_auto_step_stops_before_retain_confidence_breaks():
     """Forget losses reach the unseen distribution at η ≈ 0.3, but from η = 0.1 on the retain check loses
     its confidence (accuracy unchanged): the step stays below 0.1."""
-    target = Target(forget_acc=0.92, retain_acc=0.97, reference_losses=UNSEEN, retain_reference_losses=RETAIN_START)
+    target = Target(forget_acc=0.92, retain_acc=0.97, reference_losses=UNSEEN, retain_reference_losses=RETAIN_START,
+                    unseen_reference_losses=UNSEEN_START)
     report, applied = _scripted(lambda eta: 0.92, _forget_losses, target,
                                 retain_losses_of=lambda eta: RETAIN_START * (1.0 if eta < 0.1 else 500.0))
     assert applied < 0.1 and not report.reached_target
-    assert any(t["retain_shift"] > target.retain_shift_slack for t in report.trials)  # it did look further
+    assert any(t["separation"] < target.separation_floor() for t in report.trials)  # it did look further
 
 
 def test_check_measures_both_samples_losses(bbc_ws):
@@ -238,6 +262,11 @@ def test_check_measures_both_samples_losses(bbc_ws):
     probs = bbc_ws.task.predict_proba(enc.take(np.arange(8, 24)))
     assert np.allclose(c.retain_losses, example_losses(probs, enc.labels.numpy()[8:]))
     assert c.retain_acc == float((probs.argmax(1) == enc.labels.numpy()[8:]).mean())
+    assert c.unseen_losses is None
+    unseen = bbc_ws.test_enc.take(np.arange(12))
+    u = check(bbc_ws.task, enc.take(np.arange(8)), enc.take(np.arange(8, 24)), 8, unseen=unseen)
+    assert np.allclose(u.unseen_losses, example_losses(bbc_ws.task.predict_proba(unseen), unseen.labels.numpy()))
+    assert np.array_equal(u.retain_losses, c.retain_losses)
 
 
 def test_target_reference_follows_the_forget_sets_class_mix(bbc_ws):
@@ -333,16 +362,20 @@ def _hard_follow_up_case(bbc_ws):
     return smp, task, mp, mg, evaluate, target
 
 
-def test_follow_up_steps_never_outspend_a_zero_search_budget(bbc_ws):
-    """With no work budget the follow-ups stop before the first one and say so."""
+def test_follow_up_steps_never_outspend_a_zero_budget(bbc_ws):
+    """With no work budget the first step tries one step size, the follow-ups stop before the first one and
+    the report says so."""
     from mape.pipeline import UnlearnConfig, _so_steps
+    from mape.update import Work
 
     smp, task, mp, mg, evaluate, target = _hard_follow_up_case(bbc_ws)
+    trial_work = len(smp.check_f) + len(smp.check_r)
     report = _so_steps(task, mp, mg, smp.forget_enc, smp.retain_enc, UnlearnConfig(), evaluate, target, None,
-                       budget=0.0, trial_work=len(smp.check_f) + len(smp.check_r))
+                       work=Work(0.0), trial_work=trial_work)
     assert not report.reached_target  # with both slacks at 0 (measured: η 0.01 misses)
     assert report.stopped.startswith("work: another follow-up step") and not isinstance(report.step, list)
-    assert report.work == {"budget": 0.0, "spent": 0.0} and len(report.step_seconds) == 1
+    assert [t["step"] for t in report.trials] == [0.01]  # the first trial always runs, no second one fits
+    assert report.work == {"budget": 0.0, "spent": trial_work} and len(report.step_seconds) == 1
 
 
 def test_follow_up_work_is_counted_and_a_seed_repeats_exactly(bbc_ws):
@@ -351,17 +384,21 @@ def test_follow_up_work_is_counted_and_a_seed_repeats_exactly(bbc_ws):
     with at most two trials, and the same inputs give the same report on any machine (a wall-clock
     deadline made the Ray executor's rows differ from the local ones on a slower CI machine)."""
     from mape.pipeline import FOLLOW_UP_FORGET, FOLLOW_UP_RETAIN, UnlearnConfig, _so_steps, search_work
-    from mape.update import GRAD_WORK
+    from mape.update import GRAD_WORK, Work
 
     assert search_work(100, 400) == GRAD_WORK * 500
+    smp, task, mp, mg, evaluate, target = _hard_follow_up_case(bbc_ws)
+    trial_work = len(smp.check_f) + len(smp.check_r)
+    first = _so_steps(task, mp, mg, smp.forget_enc, smp.retain_enc, UnlearnConfig(so_steps=1), evaluate, target,
+                      None, work=Work(float("inf")), trial_work=trial_work).work["spent"]  # the first step's trials
+    assert first > 0 and first % trial_work == 0
     reports = []
     for _ in range(2):
         smp, task, mp, mg, evaluate, target = _hard_follow_up_case(bbc_ws)
-        trial_work = len(smp.check_f) + len(smp.check_r)
         n_left = min(len(smp.forget_enc), FOLLOW_UP_FORGET)  # at most every forget example is left
-        budget = GRAD_WORK * (n_left + min(len(smp.retain_enc), FOLLOW_UP_RETAIN)) + 2 * trial_work
+        budget = first + GRAD_WORK * (n_left + min(len(smp.retain_enc), FOLLOW_UP_RETAIN)) + 2 * trial_work
         reports.append(_so_steps(task, mp, mg, smp.forget_enc, smp.retain_enc, UnlearnConfig(), evaluate, target,
-                                 None, budget=budget, trial_work=trial_work))
+                                 None, work=Work(budget), trial_work=trial_work))
     report = reports[0]
     rounds = [t["round"] for t in report.trials]
     assert rounds.count(2) in (1, 2) and max(rounds) == 2  # one follow-up ran, with one or two trials
@@ -380,6 +417,7 @@ def test_a_follow_up_reuses_the_check_of_all_of_the_forget_set_and_counts_a_scan
     follow-up past its search on the clock)."""
     from mape import pipeline
     from mape.pipeline import UnlearnConfig, _so_steps
+    from mape.update import Work
 
     scans, real = [], pipeline._still_to_forget
 
@@ -388,7 +426,7 @@ def test_a_follow_up_reuses_the_check_of_all_of_the_forget_set_and_counts_a_scan
         return real(task, enc, *args, **kw)
 
     monkeypatch.setattr(pipeline, "_still_to_forget", counting)
-    monkeypatch.setattr(pipeline, "FOLLOW_UP_STALL", float("inf"))  # every follow-up runs
+    monkeypatch.setattr(pipeline, "_no_follow_up", lambda *args: None)  # every follow-up runs
     strip = lambda r: {k: v for k, v in r.to_json().items() if k not in ("step_seconds", "work")}  # noqa: E731
 
     def run(covers: bool, budget: float):
@@ -396,7 +434,7 @@ def test_a_follow_up_reuses_the_check_of_all_of_the_forget_set_and_counts_a_scan
         smp, task, mp, mg, evaluate, target = _hard_follow_up_case(bbc_ws)
         assert len(smp.check_f) == len(smp.forget_enc) == 24
         report = _so_steps(task, mp, mg, smp.forget_enc, smp.retain_enc, UnlearnConfig(so_steps=3), evaluate,
-                           target, None, budget=budget, trial_work=len(smp.check_f) + len(smp.check_r),
+                           target, None, work=Work(budget), trial_work=len(smp.check_f) + len(smp.check_r),
                            check_covers_forget=covers)
         return report, list(scans)
 
@@ -537,3 +575,61 @@ def test_loss_distribution_figure_shows_every_model_over_the_unseen_area():
     centres = np.asarray(fig.data[1].x)
     assert np.dot(centres, fig.data[1].y) < np.dot(centres, fig.data[2].y)
     assert len(loss_distribution_figure({}).data) == 0  # placeholder before a run
+
+
+# --------------------------------------------------------------------------- the run's budget and "do no harm"
+
+
+def test_a_run_reports_its_share_of_a_retrains_work_and_stops_within_half(bbc_ws, monkeypatch):
+    """The whole run (search, step-size trials, follow-ups) is counted against a retrain's work (the preset's
+    epochs over every retained example, GRAD_WORK each) and stays within RUN_WORK_SHARE of it; a smaller
+    share leaves fewer trials and says why it stopped."""
+    from mape import pipeline
+    from mape.pipeline import RUN_WORK_SHARE, UnlearnConfig, request_samples, search_work, unlearn
+    from mape.update import GRAD_WORK
+
+    res = unlearn(bbc_ws, "class:sport:24", UnlearnConfig(retain_sample=48, seed=1))
+    work = res.update["work"]
+    assert work["retrain"] == GRAD_WORK * bbc_ws.preset.recipe.epochs * (len(bbc_ws.train_y) - 24)
+    assert work["budget"] == pytest.approx(RUN_WORK_SHARE * work["retrain"], abs=0.1)
+    assert search_work(24, 48) < work["spent"] <= work["budget"]
+    assert work["retrain_share"] == pytest.approx(work["spent"] / work["retrain"], abs=1e-4)
+    assert work["retrain_share"] <= RUN_WORK_SHARE
+    forget = res.forget_set
+    smp = request_samples(bbc_ws, forget, forget.indices, 1, 48)
+    assert smp.trial_work == len(smp.check_f) + len(smp.check_r) + len(smp.check_u) == 24 + 256 + 128
+    # room for the search, the start's check and one step-size trial: that trial runs, nothing after it
+    monkeypatch.setattr(pipeline, "RUN_WORK_SHARE", (search_work(24, 48) + 2 * smp.trial_work) / work["retrain"])
+    short = unlearn(bbc_ws, forget, UnlearnConfig(retain_sample=48, seed=1)).update
+    assert len(short["trials"]) == 1 and short["stopped"].startswith("work")
+    assert short["work"]["spent"] == pytest.approx(short["work"]["budget"], abs=0.1)
+    ga = unlearn(bbc_ws, "class:sport:24", UnlearnConfig(retain_sample=48, seed=1, update="ga")).update
+    assert ga["stopped"].startswith("work") and ga["work"]["spent"] <= ga["work"]["budget"] + 1e-6
+
+
+def test_no_update_when_the_forget_set_already_looks_unseen(bbc_ws, monkeypatch):
+    """First, do no harm: when the starting model already meets the target, nothing changes."""
+    from mape import pipeline
+    from mape.pipeline import UnlearnConfig, unlearn
+    from mape.update import Target
+
+    monkeypatch.setattr(pipeline, "forget_target", lambda ws, forget, ra, tol, *rest: Target(1.0, ra, tol, slack=1.0))
+    res = unlearn(bbc_ws, "random:16", UnlearnConfig(retain_sample=48))
+    assert res.update["step"] == 0 and res.update["reached_target"] and res.params["changed"] == 0
+    assert res.update["stopped"].startswith("no update")
+    a, b = res.unlearned.model.state_dict(), bbc_ws.task.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert res.metrics["unlearned"]["forget_acc"] == res.metrics["original"]["forget_acc"]
+
+
+def test_a_follow_up_is_undone_when_it_harms_or_makes_no_progress():
+    from mape.pipeline import _no_follow_up
+
+    t = Target(forget_acc=0.0, retain_acc=1.0, tolerance=0.02)
+    start = Check(0.5, 1.0)
+    assert _no_follow_up(t, start, Check(0.3, 0.99)) is None            # closer, within the tolerance: kept
+    assert _no_follow_up(t, start, Check(0.1, 0.97)) == "infeasible"    # closer, but retain accuracy broke
+    assert _no_follow_up(t, start, Check(0.5, 1.0)) == "stalled"        # no closer at all
+    assert _no_follow_up(t, start, Check(0.49, 1.0)) is None            # any progress counts
+    assert _no_follow_up(t, Check(0.5, 0.9), Check(0.6, 0.9)) is None   # from an infeasible start: not judged
+    assert _no_follow_up(t, None, Check(0.5, 1.0)) is None
