@@ -508,9 +508,23 @@ def _target_lines(update: dict) -> list[str]:
     if kept:
         lines[0] = lines[0][:-1] + (f"; at most {kept['may_turn_wrong']} of its {kept['examples']} examples of the "
                                     "forget set's class(es) that the original got right may turn wrong.")
-    if update.get("stopped"):
+    if update.get("stopped") and not _no_update(update):
         lines.append(f"**Follow-up steps stopped early:** {update['stopped']}.")
     return lines
+
+
+def _no_update(update: dict) -> bool:
+    """The automatic step changed nothing: the forget set already met its target at the start."""
+    return bool(update.get("auto")) and update.get("step") == 0 and update.get("params_changed") == 0
+
+
+def _work_lines(update: dict) -> list[str]:
+    """The run's counted work against retraining's (the user's alternative), when the run counted it."""
+    work = update.get("work") or {}
+    if work.get("retrain_share") is None:
+        return []
+    return [f"**Work:** {100 * work['retrain_share']:.0f}% of what retraining without the forget set would cost "
+            f"({work['spent']:,.0f} of {work['retrain']:,.0f} counted example passes; a run may use at most half)."]
 
 
 def summary_markdown(result: dict) -> str:
@@ -518,7 +532,10 @@ def summary_markdown(result: dict) -> str:
     heads = np.asarray(sel["heads"])
     filters = np.asarray(sel["filters"])
     step = u.get("step")
-    if step is None:
+    if _no_update(u):
+        step_text = ("none: the forget set already looks the way it would to a model retrained without it, so "
+                     "nothing was changed (first, do no harm)")
+    elif step is None:
         step_text = "n/a"
     elif u.get("rule") == "so":  # a list when several so steps were taken
         step_text = "η = " + " then ".join(f"{s:.4g}" for s in (step if isinstance(step, list) else [step]))
@@ -529,9 +546,10 @@ def summary_markdown(result: dict) -> str:
         + (f", the whole class *{f['forget_class']}*" if f.get("forget_class") is not None else "") + ").",
         f"**Selected for update:** {int(heads.sum())} of {heads.size} attention heads and {int(filters.sum()):,} of "
         f"{filters.size:,} FFN filters; the greedy refinement made {sel['swaps']} swap(s).",
-        f"**Update:** `{u.get('rule')}`, {step_text}" + (" (chosen automatically" + (", target reached)" if u.get("reached_target") else ", closest to the target)") if u.get("auto") else "")
+        f"**Update:** `{u.get('rule')}`, {step_text}" + (" (chosen automatically" + (", target reached)" if u.get("reached_target") else ", closest to the target)") if u.get("auto") and not _no_update(u) else "")
         + f"; {p['changed']:,} of {p['total']:,} parameters changed ({100 * p['changed_share']:.2f}%).",
         *_target_lines(u),
+        *_work_lines(u),
         f"**Time:** search {t['search_s']:.1f} s, update {t['update_s']:.1f} s"
         + (f", retrain {t['retrain_s']:.1f} s" if "retrain_s" in t else "") + f" on {result.get('device', '?')}.",
     ]

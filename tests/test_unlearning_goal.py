@@ -620,6 +620,12 @@ def test_no_update_when_the_forget_set_already_looks_unseen(bbc_ws, monkeypatch)
     a, b = res.unlearned.model.state_dict(), bbc_ws.task.model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert res.metrics["unlearned"]["forget_acc"] == res.metrics["original"]["forget_acc"]
+    from mape.app_support import summary_markdown
+
+    shown = summary_markdown(res.to_json())  # the page says so, in words that match the numbers
+    assert "none: the forget set already looks the way it would" in shown and "stopped early" not in shown
+    share = res.update["work"]["retrain_share"]
+    assert f"**Work:** {100 * share:.0f}% of what retraining without the forget set would cost" in shown
 
 
 def test_a_follow_up_is_undone_when_it_harms_or_makes_no_progress():
