@@ -251,6 +251,42 @@ def test_eight_clients_at_once_share_the_original_safely(server):
     assert before.keys() == after.keys() and all(np.array_equal(before[k], after[k]) for k in before)
 
 
+def test_a_prediction_never_waits_behind_explanations(server, monkeypatch):
+    """Issue 28 item 4: two explanations that hold every explanation slot do not hold a prediction (one
+    forward pass): it answers while they are still running."""
+    import threading
+
+    from gradio_client import Client
+
+    from mape import serving
+
+    text = "Shares fell sharply after the bank reported a loss."
+    warm = Client(server, verbose=False, download_files=False).predict("tiny-bbc", text, api_name="/predict")
+    started, release = threading.Semaphore(0), threading.Event()
+    slow = serving.explain
+
+    def held_explain(*args, **kw):
+        started.release()
+        release.wait(120)
+        return slow(*args, **kw)
+
+    monkeypatch.setattr(serving, "explain", held_explain)  # the model is prepared (warm): only the queue counts
+    try:
+        explains = [Client(server, verbose=False, download_files=False).submit("tiny-bbc", text, api_name="/explain")
+                    for _ in range(2)]
+        for _ in explains:
+            assert started.acquire(timeout=60), "the explanations did not start"
+        t0 = time.perf_counter()
+        got = Client(server, verbose=False, download_files=False).predict("tiny-bbc", text, api_name="/predict")
+        waited = time.perf_counter() - t0
+        assert not any(job.done() for job in explains)  # both explanations were still running
+        assert waited < 30 and got == warm
+    finally:
+        release.set()
+    for job in explains:
+        assert job.result(timeout=120)["tokens"]
+
+
 # --------------------------------------------------------------------------- helpers (no server)
 
 

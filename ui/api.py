@@ -14,6 +14,7 @@ from mape.errors import MapeError
 from mape.presets import DEFAULT_PRESET
 from ui import compare as cmp
 from ui import method
+from ui.common import EXPLAIN, INTERACTIVE
 
 
 def register(ctx) -> None:
@@ -25,9 +26,8 @@ def register(ctx) -> None:
            api_description="Compare methods against retraining and return the comparison JSON (the same schema as "
                            "`python -m mape compare`).")
     # own input (text presets): not in the documented API, reachable by name for scripts and tests
-    opts = dict(concurrency_id="explain", concurrency_limit=2, api_visibility="undocumented")
-    gr.api(make_api_predict(ctx.names), api_name="predict", **opts)
-    gr.api(make_api_explain(ctx.names), api_name="explain", **opts)
+    gr.api(make_api_predict(ctx.names), api_name="predict", api_visibility="undocumented", **INTERACTIVE)
+    gr.api(make_api_explain(ctx.names), api_name="explain", api_visibility="undocumented", **EXPLAIN)
 
 
 def _retain_sample() -> int | None:

@@ -14,7 +14,7 @@ from mape import app_support as S
 from mape import figures as FG
 from mape import serving
 from mape.errors import MapeError
-from ui.common import EMPTY_RESULTS, error_html
+from ui.common import EMPTY_RESULTS, EXPLAIN, error_html
 from ui.predictions import custom_input
 
 
@@ -33,7 +33,7 @@ def build(ctx) -> SimpleNamespace:
 
 def wire(page) -> None:
     A, P, state = page.attributions, page.predictions, page.live.state
-    opts = dict(api_visibility="private", concurrency_id="explain", concurrency_limit=2)
+    opts = dict(api_visibility="private", **EXPLAIN)
     page.live.run_id.change(on_explain_default, state, [A.text, A.plot], **opts)
     explain_btn_inputs = [A.choice, state, P.custom_text, P.custom_image]
     A.explain_btn.click(on_explain, explain_btn_inputs, [A.text, A.plot], preprocess=False, **opts)

@@ -18,6 +18,11 @@ TMP_ROOT = Path(tempfile.gettempdir()) / "mape-app"
 #: the page's default retain sample for the scores on a CPU: the default run answers within about half a
 #: minute on 2 cores (the CLI and the API use 512; Advanced settings on the page change it)
 CPU_RETAIN_SAMPLE = 256
+#: the queues of the page. A prediction (Predict, the trigger tester) is one forward pass and has a queue of
+#: its own, so it never waits behind explanations (integrated gradients: seconds each) or runs (minutes);
+#: both work on private copies of the models (mape.serving), so they can run side by side.
+INTERACTIVE = dict(concurrency_id="interactive", concurrency_limit=4)
+EXPLAIN = dict(concurrency_id="explain", concurrency_limit=2)
 EMPTY_RESULTS = '<div class="mape-empty" style="color:#6b7280;padding:8px 0;">Run unlearning to see results here.</div>'
 PILLS = {"idle": ("#94a3b8", "idle"), "busy": ("#f59e0b", "running"), "search": ("#e4572e", "search"),
          "done": ("#16a34a", "done"), "error": ("#dc2626", "error"), "stopped": ("#64748b", "stopped"),

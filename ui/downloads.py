@@ -9,7 +9,7 @@ import gradio as gr
 from mape import app_support as S
 from mape import serving
 from mape.errors import MapeError
-from ui.common import tmp_folder
+from ui.common import EXPLAIN, tmp_folder
 
 
 def build(ctx) -> SimpleNamespace:
@@ -24,8 +24,7 @@ def build(ctx) -> SimpleNamespace:
 
 def wire(page) -> None:
     D = page.downloads
-    D.export_btn.click(export_model, page.live.state, D.model_file, api_visibility="private",
-                       concurrency_id="explain", concurrency_limit=2)
+    D.export_btn.click(export_model, page.live.state, D.model_file, api_visibility="private", **EXPLAIN)
 
 
 def outputs(page) -> list:

@@ -13,7 +13,7 @@ import numpy as np
 from mape import app_support as S
 from mape import serving
 from mape.errors import MapeError
-from ui.common import EMPTY_RESULTS, error_html, preset_of
+from ui.common import EMPTY_RESULTS, INTERACTIVE, error_html, preset_of
 
 CAPTIONS = {"forget": "Examples from the forget set: after unlearning they should be treated like unseen data.",
             "retain": "Examples the model keeps: predictions should not change.",
@@ -64,7 +64,7 @@ def wire(page) -> None:
     inputs = [preset, scenario, state, P.custom_text, P.custom_image]
     # preprocess=False: the uploaded image arrives as a file reference and is validated by
     # app_support.load_user_image, which gives a clear message for a file that is not an image
-    opts = dict(api_visibility="private", concurrency_id="explain", concurrency_limit=2, preprocess=False)
+    opts = dict(api_visibility="private", preprocess=False, **INTERACTIVE)
     P.predict_btn.click(predict_custom, inputs, P.custom_out, **opts)
     P.custom_text.submit(predict_custom, inputs, P.custom_out, **opts)
     P.sample_btn.click(random_test_image, [preset, scenario], P.custom_image, api_visibility="private"
