@@ -30,8 +30,19 @@ import gradio as gr
 
 from mape import serving
 from mape.serving import ON_GPU  # noqa: F401 - part of the app's surface (tests, scripts)
-from ui import about, api, attributions, compare, downloads, forget_set, live_search, method, model_data
-from ui import predictions, results
+from ui import (
+    about,
+    api,
+    attributions,
+    compare,
+    downloads,
+    forget_set,
+    live_search,
+    method,
+    model_data,
+    predictions,
+    results,
+)
 from ui.common import context, new_page
 from ui.model_data import model_status  # noqa: F401 - part of the app's surface (tests, scripts)
 

@@ -49,7 +49,8 @@ def table_row(res: CompareResult) -> dict:
         "mape_gap": _gap(res, METHOD), "original_gap": _gap(res, "original"),
         "rank": ranked.index(METHOD) + 1, "best_other": best_other,
         "best_other_gap": _gap(res, best_other) if best_other else None,
-        "mape_mia": 100 * res.results[METHOD]["mia"]["mean"], "retrain_mia": 100 * res.results["retrain"]["mia"]["mean"],
+        "mape_mia": 100 * res.results[METHOD]["mia"]["mean"],
+        "retrain_mia": 100 * res.results["retrain"]["mia"]["mean"],
     }
     if best_other:
         mine, theirs = _per_seed_gaps(res, METHOD), _per_seed_gaps(res, best_other)
@@ -83,7 +84,8 @@ def verdict(rows: list[dict]) -> list[str]:
     return [f"MAPE gap below the original's: {below_original} of {n} tables",
             f"MAPE smallest gap of its table: {first} of {n} tables",
             f"MAPE MIA within {MIA_POINTS:.0f} points of retrain's: {mia} of {n} tables",
-            f"whole class forget accuracy <= {CLASS_FORGET_PCT:.0f} % on every seed: {class_ok} of {len(classes)} tables"]
+            f"whole class forget accuracy <= {CLASS_FORGET_PCT:.0f} % on every seed: "
+            f"{class_ok} of {len(classes)} tables"]
 
 
 def main(argv: list[str]) -> int:

@@ -10,7 +10,14 @@ process). MEASURE_NO_RUN=1 stops after interactive_s. MEASURE_PRESET=NAME (e.g. 
 page to that preset once it is interactive and times one Run of its default forget set (run1_*; with an
 empty MAPE_CACHE this is the first use: training the original through the app). Needs playwright and
 /usr/bin/chromium; the original model should be in the cache (otherwise the first Run trains it)."""
-import json, os, socket, subprocess, sys, time, urllib.request
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
 from playwright.sync_api import sync_playwright
 
 app_dir, label = sys.argv[1], sys.argv[2]
@@ -95,8 +102,9 @@ with sync_playwright() as p:
                 continue
             run1_s, cpu1, s1 = run(page, proc.pid)
             run2_s, cpu2, s2 = run(page, proc.pid)
-            print(json.dumps({"label": label, "trial": k, "http_s": round(http_s, 1), "interactive_s": round(interactive_s, 1),
-                              "start_cpu_s": round(start_cpu, 1), "run1_s": round(run1_s, 1), "run1_cpu_s": round(cpu1, 1),
+            print(json.dumps({"label": label, "trial": k, "http_s": round(http_s, 1),
+                              "interactive_s": round(interactive_s, 1), "start_cpu_s": round(start_cpu, 1),
+                              "run1_s": round(run1_s, 1), "run1_cpu_s": round(cpu1, 1),
                               "run2_s": round(run2_s, 1), "run2_cpu_s": round(cpu2, 1), "status1": s1, "status2": s2,
                               "load": os.getloadavg()}), flush=True)
             page.close()

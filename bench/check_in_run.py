@@ -12,8 +12,8 @@ from __future__ import annotations
 import sys
 import time
 
-from bench.common import wall_times
 import mape.pipeline as pipeline
+from bench.common import wall_times
 from mape.forget import select_forget
 from mape.pipeline import UnlearnConfig, prepare, request_samples, unlearn
 from mape.update import check

@@ -81,7 +81,8 @@ def build(cfg: dict, dev, seed: int):
     g = torch.Generator().manual_seed(seed + 1)
 
     def data(n):
-        ids = torch.randint(1000 if cfg["vocab_size"] > 2000 else 5, cfg["vocab_size"], (n, cfg["seq_len"]), generator=g)
+        ids = torch.randint(1000 if cfg["vocab_size"] > 2000 else 5, cfg["vocab_size"], (n, cfg["seq_len"]),
+                            generator=g)
         return Encoded({"input_ids": ids, "attention_mask": torch.ones_like(ids),
                         "token_type_ids": torch.zeros_like(ids)}, torch.randint(0, 2, (n,), generator=g))
 
@@ -181,7 +182,8 @@ def main(argv=None) -> int:
     # (c) so update
     masks = unit_param_masks(a, torch.as_tensor(sel.heads), torch.as_tensor(sel.filters))
     mp = MaskedParams(masks)
-    check_f, check_r = forget.take(torch.arange(min(128, len(forget)))), retain.take(torch.arange(min(128, len(retain))))
+    check_f, check_r = (forget.take(torch.arange(min(128, len(forget)))),
+                        retain.take(torch.arange(min(128, len(retain)))))
 
     def evaluate():
         return accuracy(task, check_f), accuracy(task, check_r)

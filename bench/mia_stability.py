@@ -1,18 +1,27 @@
-"""Issue 14 (run: PYTHONPATH=. python bench/mia_stability.py minilm-bbc class:tech:120): MIA of the untouched original on minilm-bbc class:tech:120 over seeds 0,1,2 (new vs old attack)."""
-import json, sys
+"""Issue 14 (run: PYTHONPATH=. python bench/mia_stability.py minilm-bbc class:tech:120): MIA of the untouched
+original on minilm-bbc class:tech:120 over seeds 0,1,2 (new vs old attack)."""
+import json
+import sys
+
 import numpy as np
 from sklearn.linear_model import LogisticRegression
-from mape.pipeline import prepare
+
 from mape.forget import select_forget
-from mape.metrics import mia_scores, example_losses
+from mape.metrics import example_losses, mia_scores
+from mape.pipeline import prepare
+
 
 def old_mia(rp, ry, tp, ty, fp, fy, seed):
     def feats(p, y):
-        p = np.clip(p, 1e-12, 1.0); pt = p[np.arange(len(y)), y]
+        p = np.clip(p, 1e-12, 1.0)
+        pt = p[np.arange(len(y)), y]
         return np.stack([pt, p.max(1), -(p * np.log(p)).sum(1), -np.log(pt)], axis=1)
-    rng = np.random.default_rng(seed); n = min(len(ry), len(ty))
-    r = rng.choice(len(ry), n, replace=False); t = rng.choice(len(ty), n, replace=False)
-    x = np.concatenate([feats(rp[r], ry[r]), feats(tp[t], ty[t])]); y = np.concatenate([np.ones(n), np.zeros(n)])
+    rng = np.random.default_rng(seed)
+    n = min(len(ry), len(ty))
+    r = rng.choice(len(ry), n, replace=False)
+    t = rng.choice(len(ty), n, replace=False)
+    x = np.concatenate([feats(rp[r], ry[r]), feats(tp[t], ty[t])])
+    y = np.concatenate([np.ones(n), np.zeros(n)])
     m, s = x.mean(0), x.std(0) + 1e-8
     clf = LogisticRegression(max_iter=1000).fit((x - m) / s, y)
     return float((clf.predict((feats(fp, fy) - m) / s) == 0).mean())
@@ -30,7 +39,8 @@ for seed in (0, 1, 2):
     test_same = np.flatnonzero(np.isin(ty, np.unique(fy)))
     out[seed] = {"old_mia": old_mia(rp, ry, tp, ty, fp, fy, seed), "new_mia": float(new.mean()),
                  "new_mia_spread": float(new.std()),
-                 "new_mia_on_unseen_test": float(mia_scores(rp, ry, tp, ty, tp[test_same], ty[test_same], seed=seed).mean()),
+                 "new_mia_on_unseen_test": float(mia_scores(rp, ry, tp, ty, tp[test_same], ty[test_same],
+                                                            seed=seed).mean()),
                  "median_forget_loss": float(np.median(example_losses(fp, fy))),
                  "median_test_loss": float(np.median(example_losses(tp[test_same], ty[test_same])))}
     print(seed, out[seed], flush=True)

@@ -38,10 +38,9 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench.common import proc_status_mb, reset_peak_rss, sync as _sync  # noqa: E402
 from mape.errors import MapeError  # noqa: E402
 from mape.executors import add_executor_args  # noqa: E402
-
-from bench.common import proc_status_mb, reset_peak_rss, sync as _sync  # noqa: E402
 
 HEADER = """# Benchmarks
 
@@ -208,7 +207,8 @@ def cmd_merge(args) -> int:
     name = f"{_quality_name(res.preset, args.train_limit, res.forget)}-seeds{'-'.join(map(str, res.seeds))}"
     json_path, _ = res.save(Path(args.results_dir) / f"{name}.json")
     sources = "; ".join(f"`{_rel(Path(p))}` (seed{'s' if len(part.seeds) > 1 else ''} "
-                        f"{','.join(map(str, part.seeds))}, {part.wall_s:.0f} s)" for p, part in zip(args.inputs, parts))
+                        f"{','.join(map(str, part.seeds))}, {part.wall_s:.0f} s)"
+                        for p, part in zip(args.inputs, parts))
     note = (f"_Merged from {len(parts)} run(s) of the same comparison: {sources}. Mean ± std recomputed over "
             "the per-seed rows; the wall time is their sum._")
     _write_quality_section(args, res, json_path, args.train_limit, res.wall_s, note)
@@ -315,7 +315,8 @@ def cmd_speed(args) -> int:
              f"{payload['retain_sample']}, median of {args.repeats} run(s); retrain = {ws.preset.recipe.epochs} "
              f"epoch(s) on {len(retain):,} examples. Peak memory: {mem_kind}, MB (increase over the start of "
              "the step in brackets).", "",
-             "| Method | Search (s) | Update (s) | Total (s) | Peak memory (MB) | Params changed | Speed-up vs retrain |",
+             "| Method | Search (s) | Update (s) | Total (s) | Peak memory (MB) | Params changed | "
+             "Speed-up vs retrain |",
              "|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         speedup = "–" if r["speedup_vs_retrain"] is None else f"{r['speedup_vs_retrain']:,.1f}×"

@@ -37,7 +37,8 @@ def main(cases: str | None = None, seeds: str = "0") -> None:
             s0 = separation(before.retain_losses, before.unseen_losses)
             s1 = separation(after.retain_losses, after.unseen_losses)
             floor = s0 - separation_margin(len(smp.check_r), len(smp.check_u))
-            print(f"| {case.title} | {seed} | {s0:+.3f} | {s1:+.3f} | {floor:+.3f} | {'yes' if s1 >= floor else 'NO'} | "
+            print(f"| {case.title} | {seed} | {s0:+.3f} | {s1:+.3f} | {floor:+.3f} | "
+                  f"{'yes' if s1 >= floor else 'NO'} | "
                   f"{rank_shift(after.retain_losses, before.retain_losses):+.3f} | "
                   f"{rank_shift(after.unseen_losses, before.unseen_losses):+.3f} |", flush=True)
 

@@ -357,17 +357,20 @@ def class_counts_html(classes: list[str], forget_y: np.ndarray, train_y: np.ndar
                     f"<td {_TDR}>{int(t[i])}</td><td {_TD}>{bar}</td></tr>")
     head = (f'<div class="mape-forget-summary" style="margin-bottom:6px;"><b>{int(f.sum())}</b> of {int(t.sum())} '
             f'training examples selected by <code>{html.escape(spec)}</code></div>')
-    return (head + f"<table class='mape-counts' {_TABLE}><tr style='border:none;'><th {_TH}>class</th><th {_TH}>to forget</th>"
-            f"<th {_TH}>in training set</th><th {_TH}>share of the class</th></tr>{''.join(rows)}</table>")
+    return (head + f"<table class='mape-counts' {_TABLE}><tr style='border:none;'><th {_TH}>class</th>"
+            f"<th {_TH}>to forget</th><th {_TH}>in training set</th><th {_TH}>share of the class</th></tr>"
+            f"{''.join(rows)}</table>")
 
 
 def _pct(v) -> str:
     return "n/a" if v is None or not np.isfinite(float(v)) else f"{100 * float(v):.1f}%"
 
 
-METRIC_COLUMNS = (("forget_acc", "Forget acc. (FA)", "accuracy on the forget set: should fall to what the retrained model scores"),
+METRIC_COLUMNS = (("forget_acc", "Forget acc. (FA)",
+                   "accuracy on the forget set: should fall to what the retrained model scores"),
                   ("retain_acc", "Retain acc. (RA)", "accuracy on a fixed retain sample: should stay high"),
-                  ("test_acc", "Test acc. (TA)", "accuracy on the test set (other classes when a whole class is forgotten)"),
+                  ("test_acc", "Test acc. (TA)",
+                   "accuracy on the test set (other classes when a whole class is forgotten)"),
                   ("test_forget_class_acc", "TA forgotten class", "test accuracy on the forgotten class"),
                   ("mia", "MIA efficacy", "share of the forget set a membership-inference attack calls 'not a member' "
                           "(mean over 16 resamples of the attack's training data)"),
@@ -376,9 +379,10 @@ METRIC_COLUMNS = (("forget_acc", "Forget acc. (FA)", "accuracy on the forget set
                           "(its false-trigger rate)"),
                   ("forget_acc_true", "FA, true labels", "forget accuracy against the examples' true labels (poisoned "
                                       "or mislabeled data): the retrained model's is what they look like unseen"),
-                  ("loss_distance", "Loss distance (KS)", "Kolmogorov–Smirnov distance between the forget set's per-example "
-                                    "losses under this model and under the retrained one: 0 = the forget set looks to "
-                                    "this model exactly as to a model that never saw it"))
+                  ("loss_distance", "Loss distance (KS)",
+                   "Kolmogorov–Smirnov distance between the forget set's per-example "
+                   "losses under this model and under the retrained one: 0 = the forget set looks to "
+                   "this model exactly as to a model that never saw it"))
 ROW_NAMES = {"original": "Original (before)", "unlearned": "MAPE (unlearned)", "retrain": "Retrain (gold standard)"}
 
 
@@ -417,9 +421,10 @@ def metrics_table_html(metrics: dict, gap: dict | None) -> str:
                      'title="tick “retrain reference” to compute it">—</td>')
         else:
             bg = "#dcfce7" if n == best else "#fef3c7"
-            gcell = (f'<td class="mape-gap" style="padding:6px 8px;border:none;border-bottom:1px solid #e5e7eb;text-align:right;'
-                     f'background:{bg};font-weight:700;">{100 * float(g):.1f} pts</td>')
-        style = ' style="border:none;background:#f3f4f6;font-style:italic;"' if n == "retrain" else ' style="border:none;"'
+            gcell = ('<td class="mape-gap" style="padding:6px 8px;border:none;border-bottom:1px solid #e5e7eb;'
+                     f'text-align:right;background:{bg};font-weight:700;">{100 * float(g):.1f} pts</td>')
+        style = (' style="border:none;background:#f3f4f6;font-style:italic;"' if n == "retrain"
+                 else ' style="border:none;"')
         label = ROW_NAMES.get(n, n)
         body.append(f'<tr class="mape-row-{html.escape(n)}"{style}><td {_TD}><b>{html.escape(label)}</b></td>'
                     f'{"".join(cells)}{gcell}</tr>')
@@ -427,7 +432,8 @@ def metrics_table_html(metrics: dict, gap: dict | None) -> str:
             '<div style="font-size:0.85em;color:#6b7280;margin-top:6px;">No retrain reference in this run: tick '
             '<b>Retrain reference</b> to train a model without the forget set (the gold standard) and see the gap '
             'to it.</div>')
-    return (f"<table class='mape-metrics' {_TABLE}><tr style='border:none;'><th {_TH}>model</th>{head}</tr>{''.join(body)}</table>{note}")
+    return (f"<table class='mape-metrics' {_TABLE}><tr style='border:none;'><th {_TH}>model</th>{head}</tr>"
+            f"{''.join(body)}</table>{note}")
 
 
 def _pred_cell(probs: np.ndarray, true: int | None, classes: list[str]) -> str:
@@ -438,9 +444,11 @@ def _pred_cell(probs: np.ndarray, true: int | None, classes: list[str]) -> str:
     mark = "" if true is None else ("✓ " if ok else "✗ ")
     bar = (f'<div style="background:#f3f4f6;border-radius:3px;height:6px;width:90px;margin-top:2px;">'
            f'<div style="background:{colour};height:6px;border-radius:3px;width:{100 * p:.0f}%;"></div></div>')
-    ptrue = "" if true is None or ok else f'<div style="font-size:0.78em;color:#6b7280;">p(true) {100 * float(probs[true]):.0f}%</div>'
+    ptrue = ("" if true is None or ok
+             else f'<div style="font-size:0.78em;color:#6b7280;">p(true) {100 * float(probs[true]):.0f}%</div>')
     return (f'<td {_TD}><span class="mape-pred" style="color:{colour};font-weight:600;">{mark}'
-            f'{html.escape(str(classes[k]))}</span> <span style="color:#374151;">{100 * p:.0f}%</span>{bar}{ptrue}</td>')
+            f'{html.escape(str(classes[k]))}</span> <span style="color:#374151;">{100 * p:.0f}%</span>'
+            f'{bar}{ptrue}</td>')
 
 
 def predictions_html(items: list[dict], classes: list[str], models: list[str], caption: str = "") -> str:
@@ -455,14 +463,16 @@ def predictions_html(items: list[dict], classes: list[str], models: list[str], c
         true = "" if it.get("true") is None else html.escape(str(classes[it["true"]]))
         rows.append(f"<tr style='border:none;'><td {_TD}>{it.get('index', '')}</td><td {_TD}>{it['input_html']}</td>"
                     f"<td {_TD}>{true}</td>{cells}</tr>")
-    cap = f'<div style="font-size:0.85em;color:#4b5563;margin-bottom:4px;">{html.escape(caption)}</div>' if caption else ""
+    cap = (f'<div style="font-size:0.85em;color:#4b5563;margin-bottom:4px;">{html.escape(caption)}</div>'
+           if caption else "")
     return (f"{cap}<table class='mape-preds' {_TABLE}><tr style='border:none;'><th {_TH}>#</th><th {_TH}>input</th>"
             f"<th {_TH}>true label</th>{head}</tr>{''.join(rows)}</table>")
 
 
 def input_html(x, modality: str) -> str:
     if modality == "image":
-        return f'<img src="{image_data_uri(x)}" width="56" height="56" style="image-rendering:pixelated;border-radius:3px;" alt="input image">'
+        return (f'<img src="{image_data_uri(x)}" width="56" height="56" '
+                'style="image-rendering:pixelated;border-radius:3px;" alt="input image">')
     return f'<span title="{html.escape(shorten(x, 600), quote=True)}">{html.escape(shorten(x, 150))}</span>'
 
 
@@ -476,19 +486,23 @@ def prob_bars_html(classes: list[str], probs: dict[str, np.ndarray], note: str =
         for i, c in enumerate(classes):
             colour = "#e4572e" if i == top else "#9ca3af"
             rows.append(f'<div style="display:flex;align-items:center;gap:6px;margin:2px 0;">'
-                        f'<span style="width:110px;overflow:hidden;text-overflow:ellipsis;white-space:nowrap;">{html.escape(str(c))}</span>'
+                        '<span style="width:110px;overflow:hidden;text-overflow:ellipsis;white-space:nowrap;">'
+                        f'{html.escape(str(c))}</span>'
                         f'<div style="flex:1;background:#f3f4f6;border-radius:3px;height:12px;min-width:60px;">'
-                        f'<div style="background:{colour};height:12px;border-radius:3px;width:{100 * p[i]:.1f}%;"></div></div>'
+                        f'<div style="background:{colour};height:12px;border-radius:3px;width:{100 * p[i]:.1f}%;">'
+                        '</div></div>'
                         f'<span style="width:48px;text-align:right;">{100 * p[i]:.1f}%</span></div>')
-        blocks.append(f'<div class="mape-dist" style="flex:1;min-width:220px;"><div style="font-weight:600;margin-bottom:4px;">'
-                      f'{html.escape(ROW_NAMES.get(m, m))}: {html.escape(str(classes[top]))}</div>{"".join(rows)}</div>')
+        blocks.append('<div class="mape-dist" style="flex:1;min-width:220px;">'
+                      '<div style="font-weight:600;margin-bottom:4px;">'
+                      f'{html.escape(ROW_NAMES.get(m, m))}: {html.escape(str(classes[top]))}</div>'
+                      f'{"".join(rows)}</div>')
     extra = f'<div style="font-size:0.85em;color:#4b5563;margin-top:6px;">{html.escape(note)}</div>' if note else ""
     return f'<div style="display:flex;gap:24px;flex-wrap:wrap;">{"".join(blocks)}</div>{extra}'
 
 
 def side_by_side_html(parts: list[str]) -> str:
-    cols = "".join(f'<div style="flex:1;min-width:260px;border:1px solid #e5e7eb;border-radius:8px;padding:10px;">{p}</div>'
-                   for p in parts)
+    cols = "".join('<div style="flex:1;min-width:260px;border:1px solid #e5e7eb;border-radius:8px;padding:10px;">'
+                   f'{p}</div>' for p in parts)
     return f'<div class="mape-side-by-side" style="display:flex;gap:16px;flex-wrap:wrap;">{cols}</div>'
 
 
@@ -546,7 +560,9 @@ def summary_markdown(result: dict) -> str:
         + (f", the whole class *{f['forget_class']}*" if f.get("forget_class") is not None else "") + ").",
         f"**Selected for update:** {int(heads.sum())} of {heads.size} attention heads and {int(filters.sum()):,} of "
         f"{filters.size:,} FFN filters; the greedy refinement made {sel['swaps']} swap(s).",
-        f"**Update:** `{u.get('rule')}`, {step_text}" + (" (chosen automatically" + (", target reached)" if u.get("reached_target") else ", closest to the target)") if u.get("auto") and not _no_update(u) else "")
+        f"**Update:** `{u.get('rule')}`, {step_text}"
+        + (" (chosen automatically" + (", target reached)" if u.get("reached_target") else ", closest to the target)")
+           if u.get("auto") and not _no_update(u) else "")
         + f"; {p['changed']:,} of {p['total']:,} parameters changed ({100 * p['changed_share']:.2f}%).",
         *_target_lines(u),
         *_work_lines(u),
@@ -677,7 +693,8 @@ parameter stays **bit-identical**. With step size **auto**, $\eta$ is chosen fro
 so that $D_f$ ends up looking the way it would to a model retrained without it, while retain accuracy stays within a
 tolerance and the model still tells its retain examples apart from examples it never saw as well as it did before
 (a step that leaves them correct but as unsure as unseen data is one a membership attack reads; a change of
-confidence on every example alike, which retraining itself can make, is allowed); when $D_f$ is part of a class, the rest of that class must stay correct too (at most the tolerance's
+confidence on every example alike, which retraining itself can make, is allowed); when $D_f$ is part of a class, the
+rest of that class must stay correct too (at most the tolerance's
 share of the retain check's examples of that class may turn wrong: the whole retain sample hides a step that breaks
 one class), and, unless $D_f$ is a whole class, a smallest grid step that breaks either is stepped below, by
 thirds. For a whole class that is accuracy 0 (a class the model never learned). For a random, partial-class or

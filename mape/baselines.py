@@ -60,8 +60,18 @@ from mape.forget import ForgetSet
 from mape.models import Encoded, TaskModel
 from mape.scoring import param_stats
 from mape.train import Recipe, _embedding_params, train
-from mape.update import (UPDATES, KeepClosest, MaskedParams, Target, UpdateReport, accuracy, training_only,
-                         iterative_update, so_direction, so_update)
+from mape.update import (
+    UPDATES,
+    KeepClosest,
+    MaskedParams,
+    Target,
+    UpdateReport,
+    accuracy,
+    iterative_update,
+    so_direction,
+    so_update,
+    training_only,
+)
 
 if TYPE_CHECKING:
     from mape.pipeline import RequestSamples

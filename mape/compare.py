@@ -28,11 +28,11 @@ from typing import Callable
 
 import numpy as np
 
-from mape.baselines import (BaselineConfig, MethodSpec, config_json, parse_methods, relearn_curve, run_method)
+from mape.baselines import BaselineConfig, MethodSpec, config_json, parse_methods, relearn_curve, run_method
 from mape.errors import MapeError
-from mape.pipeline import json_safe
 from mape.forget import ForgetSet, select_forget
 from mape.metrics import GAP_METRICS, gap_to_retrain, loss_distance
+from mape.pipeline import json_safe
 
 Progress = Callable[..., None]
 SUMMARY_KEYS = GAP_METRICS + ("test_forget_class_acc", "gap_to_retrain", "time_s", "params_changed",
@@ -173,7 +173,8 @@ class CompareResult:
 
     def _table(self, results: dict, relearn: bool = True) -> list[str]:
         class_col = any("test_forget_class_acc" in results.get(n, {}) for n in self.names())
-        cols = ["Method", "Forget acc", "Retain acc", "Test acc"] + (["Test acc (forgotten class)"] if class_col else [])
+        cols = (["Method", "Forget acc", "Retain acc", "Test acc"]
+                + (["Test acc (forgotten class)"] if class_col else []))
         extra = [(k, name) for k, name in (("asr", "ASR"), ("forget_acc_true", "Forget acc (true labels)"))
                  if any(k in results.get(n, {}) for n in self.names())]  # scenarios (issue 15)
         cols += [name for _, name in extra]
@@ -284,7 +285,8 @@ def open_saved(paths) -> CompareResult:
         except OSError as exc:
             raise MapeError(f"Cannot read {p.name}: {exc.strerror or exc}.") from None
         if size_mb > MAX_OPEN_MB:
-            raise MapeError(f"{p.name} is {size_mb:.0f} MB; a saved comparison is far smaller (limit {MAX_OPEN_MB} MB).")
+            raise MapeError(f"{p.name} is {size_mb:.0f} MB; a saved comparison is far smaller "
+                            f"(limit {MAX_OPEN_MB} MB).")
     parts = [CompareResult.load(p) for p in paths]
     return parts[0] if len(parts) == 1 else merge_seeds(parts)
 
@@ -556,7 +558,8 @@ def parse_seeds(text: str) -> list[int]:
 
 def summary_lines(res: CompareResult) -> list[str]:
     best = res.best_method()
-    lines = [f"{res.preset}{' · ' + res.scenario if res.scenario else ''} · {res.forget} · seeds {', '.join(map(str, res.seeds))} · {res.device}"]
+    lines = [f"{res.preset}{' · ' + res.scenario if res.scenario else ''} · {res.forget} · "
+             f"seeds {', '.join(map(str, res.seeds))} · {res.device}"]
     for n in res.names():
         e = res.results.get(n)
         if not e or e.get("gap_to_retrain", {}).get("mean") is None:  # no row (every seed failed)

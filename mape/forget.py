@@ -173,7 +173,8 @@ def select_forget(spec: str, dataset: Dataset, seed: int = 0,
             idx = _sample(pool, n, rng, shown)
     elif kind == "match":
         if dataset.modality != "text":
-            raise MapeError(f"match: selects texts, but dataset '{dataset.name}' holds {dataset.modality}s; use random:, class: or indices:.")
+            raise MapeError(f"match: selects texts, but dataset '{dataset.name}' holds {dataset.modality}s; "
+                            "use random:, class: or indices:.")
         if not arg:
             raise MapeError("Forget spec 'match:' needs a regular expression, e.g. match:football.")
         try:

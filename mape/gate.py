@@ -178,7 +178,8 @@ def select_cases(names: str | None) -> list[Case]:
     return [known[n] for n in wanted]
 
 
-def run_case(case: Case, seed: int = 0, workspaces: dict | None = None, progress=None, device: str = "auto") -> CaseResult:
+def run_case(case: Case, seed: int = 0, workspaces: dict | None = None, progress=None,
+             device: str = "auto") -> CaseResult:
     """One case: prepare (or reuse) its workspace, run MAPE with the default configuration, judge the bands.
     The seconds include training what the cache lacks (originals and retrained models)."""
     from mape.pipeline import UnlearnConfig, prepare, unlearn

@@ -42,7 +42,8 @@ class Encoded:
             return None
         return np.argsort(mask.sum(1).numpy(), kind="stable")
 
-    def batches(self, batch_size: int, device="cpu", shuffle_seed: int | None = None) -> Iterator[tuple[dict, torch.Tensor]]:
+    def batches(self, batch_size: int, device="cpu",
+                shuffle_seed: int | None = None) -> Iterator[tuple[dict, torch.Tensor]]:
         order = torch.arange(len(self))
         if shuffle_seed is not None:
             order = torch.randperm(len(self), generator=torch.Generator().manual_seed(shuffle_seed))

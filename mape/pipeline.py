@@ -27,8 +27,21 @@ from mape.presets import Preset, build_start_model, custom_preset, get_preset, l
 from mape.scoring import OBJECTIVES, param_stats, sample_retain
 from mape.search import Selection, search
 from mape.train import train
-from mape.update import (GRAD_WORK, SO_GRID, UPDATES, Check, MaskedParams, Target, UpdateReport, Work, check,
-                         iterative_update, retrain_work, so_direction, so_update)
+from mape.update import (
+    GRAD_WORK,
+    SO_GRID,
+    UPDATES,
+    Check,
+    MaskedParams,
+    Target,
+    UpdateReport,
+    Work,
+    check,
+    iterative_update,
+    retrain_work,
+    so_direction,
+    so_update,
+)
 
 Progress = Callable[..., None]   # progress(stage: str, fraction: float, selection: Selection | None = None)
 
@@ -103,7 +116,8 @@ class UnlearnConfig:
             raise MapeError(f"The seed must be a whole number in 0..{2**32 - 1}, got {self.seed!r}.")
         self.seed = int(self.seed)
         if not _is_int(self.greedy_passes) or not 0 <= self.greedy_passes <= MAX_GREEDY_PASSES:
-            raise MapeError(f"Greedy passes must be a whole number from 0 to {MAX_GREEDY_PASSES}, got {self.greedy_passes!r}.")
+            raise MapeError(f"Greedy passes must be a whole number from 0 to {MAX_GREEDY_PASSES}, "
+                            f"got {self.greedy_passes!r}.")
         if not _is_int(self.batch_size) or self.batch_size < 1:
             raise MapeError(f"The batch size must be a whole number of at least 1, got {self.batch_size!r}.")
         if not _is_int(self.so_steps) or self.so_steps < 1:
@@ -526,7 +540,8 @@ def cached_retrain(ws: Workspace, forgotten: np.ndarray) -> TaskModel | None:
     return retrain_model(ws, np.asarray(forgotten))[0]
 
 
-def retrain_model(ws: Workspace, forgotten: np.ndarray, progress: Progress | None = None) -> tuple[TaskModel, float, bool]:
+def retrain_model(ws: Workspace, forgotten: np.ndarray,
+                  progress: Progress | None = None) -> tuple[TaskModel, float, bool]:
     """Train from the same start on D_r only with the same recipe (cached per forget set).
 
     Returns (model, training seconds, from cache); a cached model reports its recorded training time."""
@@ -795,7 +810,8 @@ def _so_steps(task, mp: MaskedParams, mg, forget_enc: Encoded, retain_enc: Encod
     Follow-ups stop early — and say why in ``stopped`` — when the next one would take the run's counted work
     past ``work``'s budget (:func:`run_budget`: half of a retrain's work, the search's already spent), or when a
     step from a feasible point is not feasible or does not bring D_f closer to the target at all
-    (:func:`_no_follow_up`; the step is undone: first, do no harm). Work is counted in forward-example units (:class:`mape.update.Work`): the first step's trials and a
+    (:func:`_no_follow_up`; the step is undone: first, do no harm). Work is counted in forward-example units
+    (:class:`mape.update.Work`): the first step's trials and a
     follow-up's cost alike: a follow-up's gradients cost ``GRAD_WORK`` per example, each step-size trial
     ``trial_work`` (a whole-class trial, with ``retain_check_size``: the examples it checks plus the retain
     and unseen check samples), and its scan of D_f (which examples are left) one unit per example — skipped when
@@ -847,7 +863,8 @@ def _so_steps(task, mp: MaskedParams, mg, forget_enc: Encoded, retain_enc: Encod
             break
         step_eval, extra, round_trial_work = evaluate, {}, trial_work
         if class_round:  # the trials check the class examples still right (all of D_f was measured), not a
-            step_eval = lambda left=left: evaluate_on(left)  # check sample that may already say 0
+            def step_eval(left=left):  # check sample that may already say 0
+                return evaluate_on(left)
             last, extra = _measured_on(last, probs, forget_enc.labels.numpy(), left), {"forget_checked": len(left)}
             if retain_check_size is not None:  # its trials check those examples and the retain check sample
                 round_trial_work = len(left) + retain_check_size

@@ -239,7 +239,8 @@ def build_start_model(preset: Preset, classes: list[str], finetuned: bool = Fals
         fmt = ImageFormat(size, model.config.num_channels, mean, std)
         task = TaskModel(model.eval(), "image", classes, image_format=fmt)
     else:
-        model = _hub_call("model", source, lambda: T.AutoModelForSequenceClassification.from_pretrained(source, **kwargs))
+        model = _hub_call("model", source,
+                          lambda: T.AutoModelForSequenceClassification.from_pretrained(source, **kwargs))
         tok = _hub_call("tokenizer", source, lambda: T.AutoTokenizer.from_pretrained(source))
         task = TaskModel(model.eval(), "text", classes, tokenizer=tok, max_length=preset.max_length)
     if finetuned and task.model.config.num_labels != n:

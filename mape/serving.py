@@ -509,8 +509,9 @@ def compare(preset: str, spec: str, req: dict) -> Iterator[tuple]:
 
 def _encode_one(served: _Served, x):
     """One user input as model inputs (the tokenizer is shared too: encoded under the original's lock)."""
-    from mape.models import Encoded
     import torch
+
+    from mape.models import Encoded
 
     task = served.ws.task
     with served.original.lock:

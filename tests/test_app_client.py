@@ -236,11 +236,13 @@ def test_eight_clients_at_once_share_the_original_safely(server):
     jobs = [c.submit(*args, api_name=name) for c, (name, args) in zip(clients, requests)]
     with ThreadPoolExecutor(len(jobs)) as pool:
         answers = list(pool.map(lambda j: j.result(timeout=900), jobs))
-    for res, (spec, seed, size) in zip(answers[:3], (("random:10", 1, 10), ("class:sport:7", 2, 7), ("random:5", 3, 5))):
+    for res, (spec, seed, size) in zip(answers[:3],
+                                       (("random:10", 1, 10), ("class:sport:7", 2, 7), ("random:5", 3, 5))):
         assert res["forget"]["spec"] == spec and res["config"]["seed"] == seed
         assert res["forget"]["size"] == size == len(res["forget"]["indices"])
     cmp = answers[3]
-    assert cmp["forget"] == "random:6" and cmp["seeds"] == [4] and set(cmp["results"]) == {"original", "mape", "retrain"}
+    assert (cmp["forget"] == "random:6" and cmp["seeds"] == [4]
+            and set(cmp["results"]) == {"original", "mape", "retrain"})
     for got, want in zip(answers[4:6], expected_probs):
         assert got["classes"] == want["classes"]
         np.testing.assert_allclose(got["original"], want["original"], rtol=0, atol=1e-6)
@@ -313,8 +315,8 @@ def test_delta_round_trip_rebuilds_the_unlearned_model():
 
 
 def test_masks_and_results_files(tmp_path):
-    from safetensors.torch import load_file
     from safetensors import safe_open
+    from safetensors.torch import load_file
 
     from mape import app_support as S
 

@@ -21,8 +21,7 @@ TEXT = "The striker scored twice as the club won the cup final."
 
 @pytest.fixture(scope="module")
 def serving():
-    from mape import app_support as S
-    from mape import serving as sv
+    from mape import app_support as S, serving as sv
 
     S.register_tiny_presets()
     sv.prepare_preset(PRESET)

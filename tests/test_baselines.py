@@ -9,8 +9,19 @@ import pytest
 import torch
 
 from mape import cache
-from mape.baselines import (BASE_METHODS, BaselineConfig, finetune, layer_params, param_stats, parse_method,
-                            parse_methods, relearn_curve, run_method, salun_mask, ssd_dampen)
+from mape.baselines import (
+    BASE_METHODS,
+    BaselineConfig,
+    finetune,
+    layer_params,
+    param_stats,
+    parse_method,
+    parse_methods,
+    relearn_curve,
+    run_method,
+    salun_mask,
+    ssd_dampen,
+)
 from mape.errors import MapeError
 from mape.forget import select_forget
 from mape.pipeline import Workspace, evaluate_model

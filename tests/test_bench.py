@@ -3,8 +3,7 @@
 import json
 import re
 
-from bench import acceptance
-from bench import run as bench
+from bench import acceptance, run as bench
 
 
 def test_merge_section_appends_then_replaces_only_its_own_section(tmp_path):
@@ -53,7 +52,8 @@ def _check_acceptance_of(path, res, capsys):
     gap = {name: 100 * res["results"][name]["gap_to_retrain"]["mean"] for name in ("original", "mape", "so")}
     rank = 1 + (gap["so"] < gap["mape"])
     forget = 100 * res["results"]["mape"]["forget_acc"]["values"][0]
-    assert f"| test-vit-mnist `class:3` | 0 | {gap['mape']:.2f} | {gap['original']:.2f} | {rank} of 2 | so ({gap['so']:.2f}) |" in out
+    assert (f"| test-vit-mnist `class:3` | 0 | {gap['mape']:.2f} | {gap['original']:.2f} | {rank} of 2 | "
+            f"so ({gap['so']:.2f}) |") in out
     assert out.rstrip().endswith(f"every seed: {int(forget <= 1.0)} of 1 tables")
     assert f"smallest gap of its table: {int(rank == 1)} of 1 tables" in out
     assert acceptance.main([str(path) + "+" + str(path)]) == 2  # one seed twice: refused with one line

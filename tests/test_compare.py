@@ -145,7 +145,8 @@ def test_merging_runs_of_single_seeds_equals_one_run_over_both(ws, tmp_path):  #
     joint = compare(ws, "random:12", ["mape", "ssd"], seeds=[0, 1], relearn_steps=1)
     paths = []
     for seed in (1, 0):  # merged out of order on purpose
-        path, _ = compare(ws, "random:12", ["mape", "ssd"], seeds=[seed], relearn_steps=1).save(tmp_path / f"s{seed}.json")
+        path, _ = compare(ws, "random:12", ["mape", "ssd"], seeds=[seed],
+                          relearn_steps=1).save(tmp_path / f"s{seed}.json")
         paths.append(path)
     merged = merge_seeds([CompareResult.load(p) for p in paths])
     opened = open_saved(paths)  # what the app's "Open saved comparison(s)" shows

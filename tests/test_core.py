@@ -134,7 +134,8 @@ def test_norm_scores_match_parameter_gradient_norms():
     loss = sum(Fn.cross_entropy(task.logits(x), y, reduction="sum") for x, y in forget.batches(8)) / len(forget)
     loss.backward()
     m = task.adapter.layers[1]
-    head2 = sum(float(p.grad[8:12].pow(2).sum()) for p in (m.q.weight, m.q.bias, m.k.weight, m.k.bias, m.v.weight, m.v.bias))
+    head2 = sum(float(p.grad[8:12].pow(2).sum())
+                for p in (m.q.weight, m.q.bias, m.k.weight, m.k.bias, m.v.weight, m.v.bias))
     head2 += float(m.o.weight.grad[:, 8:12].pow(2).sum())
     assert float(hs[1, 2]) == pytest.approx(head2 ** 0.5, rel=1e-6)
     fil = float(m.up[0].weight.grad[5].pow(2).sum() + m.up[0].bias.grad[5] ** 2 + m.down.weight.grad[:, 5].pow(2).sum())
@@ -336,7 +337,8 @@ def test_predict_proba_runs_text_by_length_and_returns_rows_in_input_order():
     order = enc.length_order()
     assert (np.diff(lengths.numpy()[order]) >= 0).all()
     with torch.no_grad():  # one example at a time: no padding beyond its own length, no reordering
-        one_by_one = torch.cat([torch.softmax(task.logits({k: v[i:i + 1, :int(lengths[i])] for k, v in enc.inputs.items()}), -1)
+        one_by_one = torch.cat([torch.softmax(task.logits({k: v[i:i + 1, :int(lengths[i])]
+                                                           for k, v in enc.inputs.items()}), -1)
                                 for i in range(n)]).numpy()
     np.testing.assert_allclose(task.predict_proba(enc, batch_size=8), one_by_one, atol=1e-5)
     images, vit = tiny_data(6, image=True), tiny_bert(arch="vit")

@@ -10,8 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mape.data import (Dataset, Split, load_bbc, load_folder, load_hub_dataset, load_mnist,
-                       subsample_train)
+from mape.data import Dataset, Split, load_bbc, load_folder, load_hub_dataset, load_mnist, subsample_train
 from mape.errors import MapeError
 
 DATA_DIR = Path(os.environ.get("MAPE_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data"))
@@ -140,7 +139,8 @@ def test_local_preset_data_folder_is_the_one_named(tmp_path, monkeypatch):
     assert sst2.availability(str(tmp_path)) == (
         False, f"the data folder '{tmp_path}' (--data) has neither train/test files nor a 'sst2' subfolder")
     monkeypatch.setenv("MAPE_DATA_DIR", str(tmp_path / "missing"))
-    assert sst2.availability(None) == (False, f"the data folder '{tmp_path / 'missing'}' (MAPE_DATA_DIR) does not exist")
+    assert sst2.availability(None) == (
+        False, f"the data folder '{tmp_path / 'missing'}' (MAPE_DATA_DIR) does not exist")
 
 
 # ---------------------------------------------------------------- folder formats

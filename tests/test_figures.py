@@ -177,7 +177,8 @@ def test_token_heatmap_escapes_markup_and_skips_pad():
 
 def test_token_heatmap_sign_and_magnitude():
     out = figures.token_heatmap_html(["good", "bad", "meh"], [2.0, -1.0, 0.0])
-    spans = re.findall(r'<span class="mape-tok" title="([^"]*)"[^>]*background-color: rgba\((\d+),(\d+),(\d+),([\d.]+)\)', out)
+    spans = re.findall(r'<span class="mape-tok" title="([^"]*)"[^>]*'
+                       r'background-color: rgba\((\d+),(\d+),(\d+),([\d.]+)\)', out)
     assert len(spans) == 3
     (t_good, *rgb_good, a_good), (t_bad, *rgb_bad, a_bad), (_, _, _, _, a_meh) = spans
     assert int(rgb_good[0]) > int(rgb_good[2])  # red for positive

@@ -7,8 +7,21 @@ import pytest
 
 from mape import gate
 from mape.cli import main
-from mape.gate import (CASES, Case, CaseResult, at_least_original, at_most, gap_share, gate_passes, judge,
-                       retrain_share, select_cases, table_lines, target_reached, within_retrain)
+from mape.gate import (
+    CASES,
+    Case,
+    CaseResult,
+    at_least_original,
+    at_most,
+    gap_share,
+    gate_passes,
+    judge,
+    retrain_share,
+    select_cases,
+    table_lines,
+    target_reached,
+    within_retrain,
+)
 
 
 def _run(forget=0.0, test=0.97, orig_test=0.975, mia=0.5, retrain_mia=0.55, gap=(0.2, 0.04), reached=True,

@@ -149,10 +149,13 @@ def test_cli_unlearn_writes_the_schema(tmp_path, capsys):
 
 @pytest.mark.parametrize("argv, message", [
     (["unlearn", "--preset", "nope", "--forget", "random:3", "--out", "x.json"], "Unknown preset"),
-    (["unlearn", "--preset", "test-minilm-bbc", "--train-limit", "400", "--forget", "class:weather", "--out", "x.json"], "class"),
-    (["unlearn", "--preset", "test-minilm-bbc", "--forget", "random:3", "--sparsity", "1.5", "--out", "x.json"], "Sparsity"),
+    (["unlearn", "--preset", "test-minilm-bbc", "--train-limit", "400", "--forget", "class:weather", "--out", "x.json"],
+     "class"),
+    (["unlearn", "--preset", "test-minilm-bbc", "--forget", "random:3", "--sparsity", "1.5", "--out", "x.json"],
+     "Sparsity"),
     (["unlearn", "--preset", "test-minilm-bbc", "--forget", "random:3", "--step", "fast", "--out", "x.json"], "Step"),
-    (["unlearn", "--preset", "test-minilm-bbc", "--forget", "random:3", "--objective", "best", "--out", "x.json"], "objective"),
+    (["unlearn", "--preset", "test-minilm-bbc", "--forget", "random:3", "--objective", "best", "--out", "x.json"],
+     "objective"),
     (["unlearn", "--preset", "test-minilm-bbc", "--forget", "random:3", "--greedy-passes", "-1", "--out", "x.json"],
      "Greedy passes must be a whole number from 0 to 5, got -1"),
     (["unlearn", "--preset", "test-minilm-bbc", "--forget", "random:3"], "--out"),

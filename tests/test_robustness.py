@@ -21,8 +21,7 @@ import numpy as np
 import pytest
 import torch
 import transformers as T
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 import mape.pipeline as P
 from mape import cache, cli
@@ -597,6 +596,7 @@ def test_stale_temporary_folders_are_cleaned(tmp_path, monkeypatch):
     import time
 
     import torch
+
     from mape import cache
 
     monkeypatch.setenv("MAPE_CACHE", str(tmp_path))

@@ -13,8 +13,16 @@ from mape.data import Dataset, Split
 from mape.errors import MapeError
 from mape.forget import select_forget
 from mape.metrics import attack_success_rate
-from mape.scenarios import (MAX_TRIGGER_CHARS, add_patch, add_trigger, parse_scenario, patch_size_for,
-                            resolve_scenario, scenario_dataset, triggered_test)
+from mape.scenarios import (
+    MAX_TRIGGER_CHARS,
+    add_patch,
+    add_trigger,
+    parse_scenario,
+    patch_size_for,
+    resolve_scenario,
+    scenario_dataset,
+    triggered_test,
+)
 
 WORDS = "the quick brown fox jumps over the lazy dog again and again".split()
 
@@ -40,7 +48,8 @@ def image_ds(n: int = 30) -> Dataset:
 
 def test_text_backdoor_is_seeded_and_alters_only_other_classes():
     ds = text_ds()
-    a, b = scenario_dataset("backdoor:cf:b:6", ds, text_window=5), scenario_dataset("backdoor:cf:b:6", ds, text_window=5)
+    a, b = (scenario_dataset("backdoor:cf:b:6", ds, text_window=5),
+            scenario_dataset("backdoor:cf:b:6", ds, text_window=5))
     sc = a.scenario
     assert a.train.x == b.train.x and np.array_equal(a.train.y, b.train.y)  # reproducible
     assert np.array_equal(sc.indices, b.scenario.indices) and sc.size == 6
@@ -264,8 +273,8 @@ def test_cli_prepare_and_unlearn_on_a_scenario(poisoned_ws, capsys, tmp_path):
     assert poisoned_ws.key in printed and "20 training examples altered" in printed
     out = tmp_path / "u.json"
     assert main(["unlearn", "--preset", "test-vit-mnist", "--train-limit", "300", "--device", "cpu",
-                 "--scenario", SPEC, "--forget", "poisoned", "--step", "0.05", "--retain-sample", "64", "--retrain", "--quiet",
-                 "--out", str(out)]) == 0
+                 "--scenario", SPEC, "--forget", "poisoned", "--step", "0.05", "--retain-sample", "64", "--retrain",
+                 "--quiet", "--out", str(out)]) == 0
     data = json.loads(out.read_text())
     assert data["forget"]["size"] == 20 and data["forget"]["scenario"] == SPEC and data["forget"]["altered"] == 20
     for name in ("original", "unlearned", "retrain"):

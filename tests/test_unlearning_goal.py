@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from mape.metrics import (example_losses, ks_distance, loss_distance, mia_scores, rank_shift,
-                          scaled_confidence)
+from mape.metrics import example_losses, ks_distance, loss_distance, mia_scores, rank_shift, scaled_confidence
 from mape.update import Check, MaskedParams, Target, separation, separation_margin, so_update
 
 # --------------------------------------------------------------------------- per-example loss and confidence
@@ -498,7 +497,7 @@ def test_scrub_changes_only_the_transformer_layers_and_moves_away_from_the_teach
     memorised the 32 forget digits (60 epochs on them alone: forget accuracy ≥ 0.9, mean loss ≈ 0.75 against
     ≈ 1.7 before), so there is training-data confidence to remove. Without that step the tiny model is barely
     better than chance on D_f and the change of the forget loss is noise of either sign (it failed on CI)."""
-    from mape.baselines import _context, _evaluator, layer_params, scrub, BaselineConfig
+    from mape.baselines import BaselineConfig, _context, _evaluator, layer_params, scrub
     from mape.forget import select_forget
     from mape.pipeline import forget_target
     from mape.train import train

@@ -8,12 +8,10 @@ import os
 
 import gradio as gr
 
-from mape import app_support as S
-from mape import serving
+from mape import app_support as S, serving
 from mape.errors import MapeError
 from mape.presets import DEFAULT_PRESET
-from ui import compare as cmp
-from ui import method
+from ui import compare as cmp, method
 from ui.common import EXPLAIN, INTERACTIVE
 
 

@@ -10,9 +10,7 @@ from types import SimpleNamespace
 
 import gradio as gr
 
-from mape import app_support as S
-from mape import figures as FG
-from mape import serving
+from mape import app_support as S, figures as FG, serving
 from mape.errors import MapeError
 from ui.common import EMPTY_RESULTS, EXPLAIN, error_html
 from ui.predictions import custom_input
@@ -97,7 +95,8 @@ def on_explain(choice, state, text, image):
     o, u = out["original"], out["unlearned"]
     cls = serving.dataset(state["preset"]).classes[o["target"]]
     if "tokens" in o:
-        parts = [FG.token_heatmap_html(o["tokens"], o["scores"], f"Before (original): p({cls}) = {100 * o['prob']:.1f}%"),
+        parts = [FG.token_heatmap_html(o["tokens"], o["scores"],
+                                       f"Before (original): p({cls}) = {100 * o['prob']:.1f}%"),
                  FG.token_heatmap_html(u["tokens"], u["scores"], f"After (MAPE): p({cls}) = {100 * u['prob']:.1f}%")]
         head = (f"<div style='margin-bottom:8px;'>Integrated gradients for class <b>{html.escape(cls)}</b> on "
                 f"{html.escape(label)}. Scores are normalised per model.</div>")

@@ -9,8 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 
-from mape import app_support as S
-from mape import serving
+from mape import app_support as S, serving
 from mape.errors import MapeError
 from mape.presets import DEFAULT_PRESET, PRESETS
 
@@ -96,7 +95,8 @@ def pill(kind: str) -> str:
 
 def fmt_status(kind: str, text: str, detail: str = "") -> str:
     d = f' <span style="color:#6b7280;">{html.escape(detail)}</span>' if detail else ""
-    return f'<div class="mape-status" style="font-size:1.02em;padding:4px 2px;">{pill(kind)}{html.escape(text)}{d}</div>'
+    return ('<div class="mape-status" style="font-size:1.02em;padding:4px 2px;">'
+            f'{pill(kind)}{html.escape(text)}{d}</div>')
 
 
 def status_line(kind: str, bold: str, rest: str = "") -> str:

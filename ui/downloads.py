@@ -6,8 +6,7 @@ from types import SimpleNamespace
 
 import gradio as gr
 
-from mape import app_support as S
-from mape import serving
+from mape import app_support as S, serving
 from mape.errors import MapeError
 from ui.common import EXPLAIN, tmp_folder
 

@@ -15,14 +15,13 @@ from types import SimpleNamespace
 import gradio as gr
 import numpy as np
 
-from mape import app_support as S
-from mape import serving
+from mape import app_support as S, serving
 from mape.errors import MapeError
 from mape.forget import select_forget
 from ui.common import classes_of, default_kv, preset_of
 
-KINDS_TEXT = [("random sample", "random"), ("whole class / class sample", "class"), ("texts matching a pattern", "match"),
-              ("training indices", "indices")]
+KINDS_TEXT = [("random sample", "random"), ("whole class / class sample", "class"),
+              ("texts matching a pattern", "match"), ("training indices", "indices")]
 KINDS_IMAGE = [k for k in KINDS_TEXT if k[1] != "match"]
 KIND_POISONED = ("altered training examples (poisoned / mislabeled)", "poisoned")
 KIND_HELP = {

@@ -10,9 +10,7 @@ from types import SimpleNamespace
 
 import gradio as gr
 
-from mape import app_support as S
-from mape import figures as FG
-from mape import serving
+from mape import app_support as S, figures as FG, serving
 from mape.errors import MapeError
 from ui import attributions, downloads, method, predictions, results
 from ui.common import default_kv, fmt_status, title_of
@@ -207,6 +205,7 @@ def placeholder_figures():
 
 def heat_figures(heads, filters, head_scores, label: str):
     n_filters = filters.shape[1]
-    ff = FG.filter_heatmap(filters, bins=n_filters if n_filters <= 128 else BINS, title=f"FFN filters selected · {label}")
+    ff = FG.filter_heatmap(filters, bins=n_filters if n_filters <= 128 else BINS,
+                           title=f"FFN filters selected · {label}")
     return (FG.head_heatmap(heads, head_scores, title=f"Attention heads selected · {label}"), ff,
             FG.layer_counts_figure(heads, filters))

@@ -15,8 +15,7 @@ from types import SimpleNamespace
 
 import gradio as gr
 
-from mape import app_support as S
-from mape import serving
+from mape import app_support as S, serving
 from mape.presets import PRESETS
 from ui.common import classes_of, preset_of, status_line
 
@@ -128,12 +127,14 @@ def model_status(name: str) -> str:
     """HTML line: is the preset's original model ready, cached on disk, being prepared or not trained?"""
     if serving.is_ready(name):
         i = serving.info(name)
-        return status_line("ready", "Original model ready" + (f" (trained on {i['scenario']})" if i["scenario"] else ""),
+        return status_line("ready",
+                           "Original model ready" + (f" (trained on {i['scenario']})" if i["scenario"] else ""),
                            f"{i['n_train']:,} training / {i['n_test']:,} test examples, {i['params']:,} parameters, "
                            f"{i['layers']} layers × {i['heads']} heads × {i['filters']:,} filters.")
     state = serving.preparing(name)
     if state is not None:
-        return status_line("busy", "Preparing", f"{state[0]}, {100 * state[1]:.0f}% (already under way; Run waits for it).")
+        return status_line("busy", "Preparing",
+                           f"{state[0]}, {100 * state[1]:.0f}% (already under way; Run waits for it).")
     ok, why = preset_of(name).availability()
     if not ok:
         return status_line("na", "Unavailable here", why + ".")

@@ -10,8 +10,7 @@ from types import SimpleNamespace
 import gradio as gr
 import numpy as np
 
-from mape import app_support as S
-from mape import serving
+from mape import app_support as S, serving
 from mape.errors import MapeError
 from ui.common import EMPTY_RESULTS, INTERACTIVE, error_html, preset_of
 
@@ -205,7 +204,8 @@ def trigger_html(name: str, state, x, label: str) -> str:
         parts.append(f"<div style='font-weight:600;margin-bottom:4px;'>{html.escape(title)}</div>"
                      f"<div style='margin-bottom:6px;'>{S.input_html(out[key], modality)}</div>"
                      f"<div class='mape-trigger-verdict' style='color:#4b5563;font-size:0.9em;margin-bottom:6px;'>"
-                     f"{html.escape(verdict)}</div>" + S.prob_bars_html(classes, out["probs"][key], extra if key == "clean" else ""))
+                     f"{html.escape(verdict)}</div>"
+                     + S.prob_bars_html(classes, out["probs"][key], extra if key == "clean" else ""))
     return (f"<div style='margin-bottom:6px;color:#4b5563;'>On {html.escape(label)}.</div>"
             + S.side_by_side_html(parts))
 

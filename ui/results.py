@@ -7,8 +7,7 @@ from types import SimpleNamespace
 
 import gradio as gr
 
-from mape import app_support as S
-from mape import figures as FG
+from mape import app_support as S, figures as FG
 from ui.common import EMPTY_RESULTS
 
 
@@ -35,7 +34,8 @@ def outputs(page) -> list:
 def show(page, result: dict) -> dict:
     r, metrics = page.results, result["metrics"]
     return {r.summary: summary_markdown(result), r.table: S.metrics_table_html(metrics, result.get("gap_to_retrain")),
-            r.chart: metrics_chart(metrics), r.losses: FG.loss_distribution_figure(result.get("loss_distribution") or {})}
+            r.chart: metrics_chart(metrics),
+            r.losses: FG.loss_distribution_figure(result.get("loss_distribution") or {})}
 
 
 def reset(page, preset_name: str) -> dict:
