@@ -71,13 +71,31 @@ def _method_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--retrain", action="store_true", help="also retrain without the forget set (gold standard)")
     p.add_argument("--joint-budget", action="store_true", help="one budget counted in parameters")
-    p.add_argument("--retain-sample", type=int, default=None, help="retain examples for the scores (default 2048 GPU / 512 CPU)")
+    p.add_argument("--retain-sample", type=int, default=None,
+                   help="retain examples for the scores (default 2048 GPU / 512 CPU)")
     p.add_argument("--greedy-passes", type=int, default=1,
-                   help="passes of the greedy block refinement (0: warm start only; stops early when a pass swaps nothing)")
+                   help="passes of the greedy block refinement (0: warm start only; "
+                        "stops early when a pass swaps nothing)")
+
+
+def _audit_args(p: argparse.ArgumentParser) -> None:
+    """The options of ``python -m mape audit`` (data options and the executor's are added by the CLI)."""
+    p.add_argument("--forget", required=True, help="forget set, e.g. random:128 or class:3")
+    p.add_argument("--methods", default="mape,mape-random", help="comma-separated methods (not retrain)")
+    p.add_argument("--models", type=int, default=16, help="models per population (N)")
+    p.add_argument("--sparsity", type=float, default=0.9, help="MAPE sparsity")
+    p.add_argument("--retain-sample", type=int, default=None, help="retain examples (default 2048 GPU / 512 CPU)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads of a local task (default: torch's)")
+    p.add_argument("--out", required=True, help="audit JSON path (the markdown table goes next to it, .md)")
+
+
+def _prog() -> str:
+    """`mape` when started as the installed console script, `python -m mape` otherwise."""
+    return "mape" if Path(sys.argv[0]).name == "mape" else "python -m mape"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = Parser(prog="python -m mape", description="Module-aware parameter-efficient machine unlearning.")
+    parser = Parser(prog=_prog(), description="Module-aware parameter-efficient machine unlearning.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     p = sub.add_parser("presets", help="list presets and whether each can run here")
     p.add_argument("--data", default=None)
@@ -98,10 +116,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--retain-sample", type=int, default=None, help="retain examples (default 2048 GPU / 512 CPU)")
     p.add_argument("--out", required=True, help="results JSON path (the markdown table goes next to it, .md)")
     add_executor_args(p)  # --executor local|ray, --address, --cpus-per-task, --max-retries
+    p = sub.add_parser("audit", help="per-example forgetting score over N unlearned vs N retrained models (JSON + md)")
+    _data_args(p)
+    _audit_args(p)
+    add_executor_args(p)
     p = sub.add_parser("merge", help="one comparison over the seeds of several compare runs (JSON + markdown)")
     p.add_argument("inputs", nargs="+", help="compare JSON files of the same comparison with different seeds")
     p.add_argument("--out", required=True, help="merged JSON path (the markdown table goes next to it, .md)")
-    p = sub.add_parser("gate", help="the quality gate: canonical full-size cases, each against its band (exit 1 if out)")
+    p = sub.add_parser("gate",
+                       help="the quality gate: canonical full-size cases, each against its band (exit 1 if out)")
     p.add_argument("--cases", default=None, help="comma-separated case names (default: every case)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
@@ -243,6 +266,10 @@ def main(argv: list[str] | None = None) -> int:
             from mape.compare import cmd_compare
 
             return cmd_compare(args, _prepare, TqdmProgress)
+        if args.command == "audit":
+            from mape.audit import cmd_audit
+
+            return cmd_audit(args, _prepare, TqdmProgress)
         return {"presets": cmd_presets, "prepare": cmd_prepare, "unlearn": cmd_unlearn,
                 "merge": cmd_merge, "gate": cmd_gate}[args.command](args)
     except MapeError as exc:

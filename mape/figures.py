@@ -196,7 +196,8 @@ def layer_counts_figure(heads: np.ndarray, filters: np.ndarray) -> go.Figure:
     for col, (arr, name, colour) in enumerate(((h, "heads", "#4c78a8"), (f, "filters", SELECTED_COLOUR)), start=1):
         counts = arr.sum(axis=1)
         total = arr.shape[1]
-        hover = [f"{lay}: {int(c)} of {total} {name} ({100 * c / max(total, 1):.1f}%)" for lay, c in zip(layers, counts)]
+        hover = [f"{lay}: {int(c)} of {total} {name} ({100 * c / max(total, 1):.1f}%)"
+                 for lay, c in zip(layers, counts)]
         fig.add_trace(
             go.Bar(
                 x=layers, y=counts.astype(int), name=f"selected {name}", marker_color=colour,
@@ -378,7 +379,8 @@ def token_heatmap_html(tokens: list[str], scores: list[float], title: str = "") 
             f'style="background-color: rgba({r},{g},{b},{alpha:.3f}); color: {fg}; '
             f'padding: 1px 1px; border-radius: 3px;">{html.escape(text)}</span>'
         )
-    head = f'<div class="mape-tok-title" style="font-weight:600;margin-bottom:4px;">{html.escape(title)}</div>' if title else ""
+    head = (f'<div class="mape-tok-title" style="font-weight:600;margin-bottom:4px;">{html.escape(title)}</div>'
+            if title else "")
     legend = (
         '<div style="font-size:0.8em;color:#555;margin-top:6px;">'
         f'<span style="background-color: rgba({",".join(map(str, POSITIVE_RGB))},0.6);padding:0 4px;">red</span> '
@@ -397,7 +399,8 @@ def _image_trace(image: np.ndarray) -> go.BaseTraceType:
     if img.ndim == 3 and img.shape[-1] == 1:
         img = img[..., 0]
     if img.ndim == 2:
-        return go.Heatmap(z=img, colorscale="gray", showscale=False, hovertemplate="x %{x}, y %{y}: %{z:.3f}<extra></extra>")
+        return go.Heatmap(z=img, colorscale="gray", showscale=False,
+                          hovertemplate="x %{x}, y %{y}: %{z:.3f}<extra></extra>")
     if img.ndim == 3 and img.shape[-1] == 3:
         lo, hi = float(img.min()), float(img.max())
         if lo < 0 or hi > 255 or hi <= 1.0:  # scale floats (or normalised values) to 0..255
@@ -426,7 +429,8 @@ def image_attribution_figure(
             row=1, col=col,
         )
     for col in (1, 2, 3):
-        fig.update_yaxes(autorange="reversed", scaleanchor=f"x{'' if col == 1 else col}", showticklabels=False, row=1, col=col)
+        fig.update_yaxes(autorange="reversed", scaleanchor=f"x{'' if col == 1 else col}", showticklabels=False,
+                         row=1, col=col)
         fig.update_xaxes(showticklabels=False, constrain="domain", row=1, col=col)
     fig.update_layout(
         title=_title("Pixel attributions (red = for the class, blue = against)"),
@@ -491,5 +495,35 @@ def loss_distribution_figure(hist: Mapping) -> go.Figure:
         xaxis=dict(title="loss (log scale; left = confident, as on training data)", tickvals=ticks,
                    ticktext=[f"1e{t}" for t in ticks]),
         yaxis=dict(title="% of examples", rangemode="tozero"))
+    fig.update_yaxes(gridcolor="#eeeeee")
+    return fig
+
+
+def audit_epsilon_figure(res: Mapping) -> go.Figure:
+    """Per-example ε of every row of an audit (:mod:`mape.audit`'s JSON): the share of forget examples per
+    bucket of 0.5 (the challenge's buckets, the last one holding every ε from the score's ceiling up to the
+    cap). Left (small ε) = the example's outputs cannot be told from a retrained model's."""
+    rows = res.get("rows") or {}
+    if not rows:
+        return empty_figure("No audit yet: open a saved audit JSON (python -m mape audit --out FILE.json).")
+    top = float(np.ceil(np.log(max(int(res.get("models", 3)), 3) - 1)))
+    edges = np.arange(0.0, top + 0.5 + 1e-9, 0.5)
+    labels = [f"{a:g}–{b:g}" for a, b in zip(edges[:-1], edges[1:])] + [f"≥ {top:g}"]
+    fig = go.Figure()
+    for name, row in rows.items():
+        eps = np.asarray(row.get("epsilons") or [], dtype=float)
+        if not len(eps):
+            continue
+        idx = np.minimum(np.searchsorted(edges, eps, side="right") - 1, len(labels) - 1)
+        share = 100.0 * np.bincount(idx, minlength=len(labels)) / len(eps)
+        dash = "dot" if name.startswith("original") or name.startswith("retrain") else None
+        fig.add_trace(go.Bar(x=labels, y=share, name=f"{name} (F {row.get('forget_score', float('nan')):.3f})",
+                             marker_pattern_shape="/" if dash else None,
+                             hovertemplate=f"{name}<br>ε %{{x}}: %{{y:.1f}}% of forget examples<extra></extra>"))
+    fig.update_layout(
+        title=_title(f"Per-example ε (N = {res.get('models')} models per population): lower = looks retrained"),
+        barmode="group", height=380, plot_bgcolor="white", legend=dict(orientation="h", y=-0.25),
+        margin=dict(l=60, r=20, t=50, b=100), xaxis=dict(title="ε of the best threshold attack"),
+        yaxis=dict(title="% of forget examples", rangemode="tozero"))
     fig.update_yaxes(gridcolor="#eeeeee")
     return fig

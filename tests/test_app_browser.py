@@ -56,6 +56,7 @@ def wait_until_the_engine_is_idle(timeout: float = 300.0) -> None:
     inside torch aborts ("terminate called without an active exception", seen with the real MiniLM · BBC
     preset after all tests had passed)."""
     import captum
+
     import mape
     import ui
 
@@ -265,6 +266,41 @@ def check_compare(page, tmp_path: Path) -> None:
     assert f"{PRESETS[1]} · class:3 · seed 0" in status and "Closest to retrain: mape" in status, status
     assert page.inner_text("#compare-table") == table
 
+    # "Open saved audit" (issue 29): a saved audit's table and its per-example ε histogram; a comparison file
+    # opened there gets a clear message
+    audit_upload = page.locator('input[data-testid="Open saved audit-upload-button"]')
+    audit_upload.set_input_files(str(saved))
+    wait_until(lambda: "not a saved audit" in status_text_of(page, "compare-status"), 60, "the audit open error")
+    audit_path = _scripted_audit(tmp_path / "audit.json")
+    audit_upload.set_input_files(str(audit_path))
+    wait_until(lambda: "Opened audit" in status_text_of(page, "compare-status"), 60, "the opened audit")
+    assert "N = 8 models per population" in status_text_of(page, "compare-status")
+    audit_table = page.inner_text("#compare-table")
+    assert "independent retrains (sanity: near the ceiling)" in audit_table
+    assert "mape" in audit_table and "Ranking by final score: mape" in audit_table, audit_table
+    assert page.locator("#compare-plot svg.main-svg").count() >= 1
+    assert "Per-example ε" in page.inner_text("#compare-plot")
+
+
+def _scripted_audit(path):
+    """A saved audit made by mape.audit from scripted populations (φ per model and example): the original far
+    from the retrains, the independent retrains and `mape` drawn like them."""
+    import numpy as np
+
+    from mape import audit as A
+
+    rng = np.random.default_rng(0)
+    pop = lambda shift: [{"conf": list(rng.normal(shift, 1.0, 40)), "retain_acc": 0.9, "test_acc": 0.8,  # noqa: E731
+                          "seconds": 1.0} for _ in range(8)]
+    retrained = pop(0.0)
+    rows = {name: A.row_scores(pop(shift), retrained, 8) for name, shift in
+            ((A.ORIGINAL, 20.0), ("mape", 0.3), (A.INDEPENDENT, 0.0))}
+    sanity = A.sanity_check(rows)
+    res = A.AuditResult("tiny-mnist", "random:40", 8, ["mape"], rows, sanity, ["mape"] if sanity["separated"] else None,
+                        {"planned": 32, "computed": 32, "resumed": 0, "model_seconds": 32.0}, {"name": "local"},
+                        n_forget=40, time_s=40.0)
+    return res.save(path)[0]
+
 
 def test_text_preset_end_to_end(page, tmp_path):
     # a bad forget spec: a clear message in the preview and on Run, and the page stays usable
@@ -355,7 +391,8 @@ def test_image_preset_end_to_end(page, tmp_path):
                "an error message for a non-image upload")
     assert "Traceback" not in page.content()
     page.click("#sample-image-btn")
-    wait_until(lambda: page.locator("#custom-predictions .mape-dist").count() == 3, 120, "test-image predictions (original, MAPE, retrain)")
+    wait_until(lambda: page.locator("#custom-predictions .mape-dist").count() == 3, 120,
+               "test-image predictions (original, MAPE, retrain)")
 
     check_downloads(page, "class:3", tmp_path)
     check_compare(page, tmp_path)
@@ -410,8 +447,7 @@ def test_backdoor_scenario_preview_run_and_trigger_tester(page):
     ``poisoned`` and the preview marks the altered examples; Run forgets them on the poisoned original and
     the metrics show the attack success rate; the trigger tester shows an input without and with the
     trigger under the original and the unlearned model."""
-    from mape import app_support as S
-    from mape import serving
+    from mape import app_support as S, serving
 
     preset = PRESETS[0]
     classes = list(serving.dataset(preset).classes)
@@ -433,7 +469,8 @@ def test_backdoor_scenario_preview_run_and_trigger_tester(page):
     assert len(nums) >= 6 and all(PCT.match(n.strip()) for n in nums), nums  # FA RA TA MIA ASR FA-true (+ KS)
     trigger = spec.split(":")[1]
     for button, prepare, on in (("#trigger-test-btn", None, "On test example #"),
-                                ("#trigger-btn", lambda: textbox(page, "custom-text").fill("Shares fell after the loss."),
+                                ("#trigger-btn",
+                                 lambda: textbox(page, "custom-text").fill("Shares fell after the loss."),
                                  "On your input")):
         if prepare:
             prepare()

@@ -92,13 +92,34 @@ def test_ray_gives_the_local_numbers_and_retries_a_killed_worker(ws, faults, ray
     assert len(lines) == 2 * (len(METHODS) + 1) and any("seed 1 · mape: gap" in line for line in lines)
 
 
+def test_audit_on_ray_gives_the_local_numbers_with_tasks_in_parallel(ws, ray_instance):
+    """issue 29: the audit's models as Ray tasks (one CPU each on a 2-CPU instance) give the local executor's
+    rows exactly, and two tasks ran at once (their wall-clock intervals overlap)."""
+    import shutil
+
+    from mape import audit as A
+    from mape.baselines import BaselineConfig
+    from mape.forget import select_forget
+
+    local = A.audit(ws, "random:20", ["mape"], models=3, threads=1)
+    store = A.TaskStore(ws, select_forget("random:20", ws.dataset, seed=0), BaselineConfig())
+    shutil.rmtree(store.folder)  # computed again, on Ray
+    got = A.audit(ws, "random:20", ["mape"], models=3, executor=RayExecutor())
+    assert got.tasks["computed"] == 12 and got.executor["name"] == "ray" and got.executor["tasks"] == 12
+    numbers = lambda rows: {n: {k: v for k, v in r.items() if k != "seconds_per_model"}  # noqa: E731
+                            for n, r in rows.items()}
+    assert numbers(got.rows) == numbers(local.rows) and got.sanity == local.sanity
+    assert got.executor["most_at_once"] == 2 and local.executor["most_at_once"] == 1
+
+
 def test_a_row_that_keeps_failing_is_reported_and_the_others_kept(ws, faults, ray_instance, monkeypatch, capsys,
                                                                   tmp_path):
     """Successive requests through the CLI: ssd raises on every attempt; the other rows are the local ones."""
     faults.write_text(json.dumps({"0:ssd": "raise"}))
     requests = ["class:3:12", "random:12"]
     local = json.loads(json.dumps(compare(ws, None, METHODS, seeds=[0], requests=requests, relearn_steps=1).to_json()))
-    monkeypatch.setattr("mape.pipeline.prepare", lambda *a, **k: ws)  # the driver's workspace (workers prepare their own)
+    # the driver's workspace (workers prepare their own)
+    monkeypatch.setattr("mape.pipeline.prepare", lambda *a, **k: ws)
     out = tmp_path / "c.json"
     code = main(["compare", "--preset", PRESET, "--requests", ";".join(requests), "--methods", ",".join(METHODS),
                  "--seeds", "0", "--relearn", "1", "--executor", "ray", "--out", str(out), "--quiet"])

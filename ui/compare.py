@@ -4,13 +4,12 @@ the table, three charts, the downloads and "Open saved comparison(s)"."""
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import gradio as gr
 
-from mape import figures as FG
-from mape import app_support as S
-from mape import serving
+from mape import app_support as S, figures as FG, serving
 from mape.errors import MapeError
 from ui import method
 from ui.common import fmt_status, tmp_folder
@@ -31,11 +30,11 @@ MAX_METHODS, MAX_SEEDS, MAX_RELEARN = 12, 5, 10
 INTRO = ("Applies every chosen method to the forget set of ② (for each seed: the same forget set and the same samples "
          "for all methods) and measures it against a model **retrained without the forget set** (the gold standard; "
          "trained once per forget set, then cached). MAPE variants use the sparsity, retain sample and tolerance of ③. "
-         "*Gap* = mean |difference| to retrain over forget, retain and test accuracy and MIA efficacy; lower is better. "
-         "The same table is written by `python -m mape compare`.")
-OPEN_NOTE = ("*Open saved comparison(s)* shows a comparison JSON written earlier (this view's download, `python -m mape "
-             "compare --out`, or `bench/results/`); several runs of the same comparison with different seeds are "
-             "merged into one table (mean ± std over all their seeds).")
+         "*Gap* = mean |difference| to retrain over forget, retain and test accuracy and MIA efficacy; lower is "
+         "better. The same table is written by `python -m mape compare`.")
+OPEN_NOTE = ("*Open saved comparison(s)* shows a comparison JSON written earlier (this view's download, "
+             "`python -m mape compare --out`, or `bench/results/`); several runs of the same comparison with "
+             "different seeds are merged into one table (mean ± std over all their seeds).")
 
 
 def build(ctx) -> SimpleNamespace:
@@ -64,14 +63,17 @@ def build(ctx) -> SimpleNamespace:
         dl_md = gr.DownloadButton("Comparison table (.md)", interactive=False, elem_id="dl-compare-md")
         open_btn = gr.UploadButton("Open saved comparison(s)", file_types=[".json"], file_count="multiple",
                                    elem_id="compare-open", variant="secondary")
+        open_audit_btn = gr.UploadButton("Open saved audit", file_types=[".json"], file_count="single",
+                                         elem_id="audit-open", variant="secondary")
     gr.Markdown(OPEN_NOTE, elem_classes=["mape-sub"])
     return SimpleNamespace(methods=methods, seeds=seeds, relearn=relearn, btn=btn, stop=stop, status=status,
                            table=table, plot=plot, gap_plot=gap_plot, relearn_plot=relearn_plot, dl_json=dl_json,
-                           dl_md=dl_md, open_btn=open_btn, flags=gr.State({}))
+                           dl_md=dl_md, open_btn=open_btn, open_audit_btn=open_audit_btn, flags=gr.State({}))
 
 
 def _empty(which: str):
-    titles = {"metrics": ("Metrics by method: after a comparison", 380), "gap": ("Gap vs. time: after a comparison", 380),
+    titles = {"metrics": ("Metrics by method: after a comparison", 380),
+              "gap": ("Gap vs. time: after a comparison", 380),
               "relearn": ("Relearn test: after a comparison", 360)}
     return FG.empty_figure(*titles[which])
 
@@ -87,9 +89,11 @@ def wire(page) -> None:
                             (methods_v, seeds_v, relearn_v, sparsity_v, retain_v, tol_v), flags, progress)
 
     C.btn.click(on_compare, [page.model.preset, page.model.scenario, f.kind, f.value, f.owner, C.methods, C.seeds,
-                             C.relearn, m.sparsity, m.retain_sample, m.tolerance, C.flags], outputs, api_visibility="private",
-                concurrency_id="engine", concurrency_limit=page.ctx.engine_limit, show_progress_on=[C.status])
+                             C.relearn, m.sparsity, m.retain_sample, m.tolerance, C.flags], outputs,
+                api_visibility="private", concurrency_id="engine", concurrency_limit=page.ctx.engine_limit,
+                show_progress_on=[C.status])
     C.open_btn.upload(lambda files: open_saved(page, files), C.open_btn, outputs, api_visibility="private")
+    C.open_audit_btn.upload(lambda file: open_audit(page, file), C.open_audit_btn, outputs, api_visibility="private")
     C.stop.click(_on_stop, C.flags, None, api_visibility="private", queue=False)
     page.model.preset.change(lambda: reset(page), None, outputs, api_visibility="private", queue=False)
     page.model.scenario.input(lambda: reset(page), None, outputs, api_visibility="private", queue=False)
@@ -205,6 +209,27 @@ def open_saved(page, files) -> dict:
             f"{seeds} · {res.device} ({res.machine.get('cpu', 'unknown machine')})."
             + (f" Closest to retrain: {best}." if best else ""))
     return show(page, res, status=text)
+
+
+def open_audit(page, file) -> dict:
+    """A saved audit (``python -m mape audit --out``): its table and the per-example ε histogram."""
+    from mape.audit import audit_markdown, open_saved_audit
+
+    path = file if isinstance(file, str) else getattr(file, "name", str(file))
+    try:
+        res = open_saved_audit(path)
+        table = audit_markdown(res)
+    except MapeError as exc:
+        gr.Warning(str(exc))
+        return {page.compare.status: fmt_status("error", str(exc))}
+    except (KeyError, TypeError, ValueError) as exc:
+        message = f"{Path(path).name} is not a complete saved audit ({type(exc).__name__}: {exc})."
+        gr.Warning(message)
+        return {page.compare.status: fmt_status("error", message)}
+    C = page.compare
+    text = (f"Opened audit: {res['preset']} · {res['forget']} · N = {res['models']} models per population. "
+            f"{res['sanity']['note'][:1].upper()}{res['sanity']['note'][1:]}.")
+    return {**reset(page), C.status: fmt_status("done", text), C.table: table, C.plot: FG.audit_epsilon_figure(res)}
 
 
 def reset(page) -> dict:
