@@ -1,4 +1,4 @@
-"""MAPE-Unlearn Studio: the Gradio app (SPEC §5). This file assembles the page and launches it.
+"""MAPE-Unlearn Studio: the Gradio app (DESIGN.md §11). This file assembles the page and launches it.
 
     python app.py                      # serves on 127.0.0.1:7860 (0.0.0.0 on Hugging Face Spaces)
     from app import demo, build_demo   # the Blocks, e.g. for tests or `gradio app.py`

@@ -3,7 +3,7 @@
 An adapter names, for every layer, the attention output projection (its input is the concatenation
 of the heads), the FFN down projection (its input is one activation per filter), and the Q/K/V and
 FFN up projections whose rows belong to those units. Gates (``mape.gates``) hook the two inputs;
-``unit_param_masks`` maps a selection of units to the parameter entries they own (SPEC §2).
+``unit_param_masks`` maps a selection of units to the parameter entries they own (DESIGN.md §4).
 
 Adding an architecture = one entry in ``LAYOUTS``: the path of the layer list and, for each role, the
 candidate sub-module paths inside a layer (the first that exists wins; transformers versions move
@@ -141,7 +141,7 @@ def adapter_for(model: nn.Module) -> Adapter:
 
 
 def unit_param_masks(adapter: Adapter, heads: torch.Tensor, filters: torch.Tensor) -> dict[nn.Parameter, torch.Tensor]:
-    """Boolean masks over the parameter entries owned by the selected units (SPEC §2).
+    """Boolean masks over the parameter entries owned by the selected units (DESIGN.md §4).
 
     Head (l, h): rows of Q, K, V weight and bias for that head and the matching columns of the output
     projection weight. Filter (l, j): row j (and bias j) of the up projection(s), column j of the down

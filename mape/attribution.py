@@ -1,4 +1,4 @@
-"""Captum attributions for the before/after comparison (SPEC §5, item 7).
+"""Captum attributions for the before/after comparison (DESIGN.md §11, item 7).
 
 One verb, *attribute*:
 

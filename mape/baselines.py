@@ -1,4 +1,4 @@
-"""Baselines for the comparison (SPEC §3), run on the same footing as MAPE.
+"""Baselines for the comparison (DESIGN.md §9), run on the same footing as MAPE.
 
 Every method starts from a copy of the original model (or of a previous request's result), sees the
 same forget set, the same seeded retain sample (2,048 on a GPU, 512 on a CPU) and the same forget /

@@ -1,4 +1,4 @@
-"""Compare MAPE with baselines and the retrained gold standard over several seeds (SPEC §3).
+"""Compare MAPE with baselines and the retrained gold standard over several seeds (DESIGN.md §9).
 
     ws = prepare("minilm-bbc")
     res = compare(ws, "random:128", ["mape", "mape-random", "so", "ft"], seeds=[0, 1, 2])

@@ -1,4 +1,4 @@
-"""Plotly figures and small HTML views for the app (SPEC §5, items 4, 5 and 7).
+"""Plotly figures and small HTML views for the app (DESIGN.md §11, items 4, 5 and 7).
 
 Every figure sets an explicit ``height`` and a title, so it renders the same in Gradio, in a
 notebook and in exported HTML. Functions take plain NumPy arrays / dicts and never touch torch.

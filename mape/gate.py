@@ -3,7 +3,7 @@
     python -m mape gate                        # every case, seed 0; exit 1 when a case is out of its band
     python -m mape gate --cases bbc-sport,mnist-3 --out gate.json
 
-A decision rule of the automatic step that holds on one table and breaks another is a regression (SPEC §3,
+A decision rule of the automatic step that holds on one table and breaks another is a regression (DESIGN.md §9,
 "Quality gate"); the tests run tiny models and cannot see it, so ``.ci/run`` runs this after them. The cases
 and their bands are the table :data:`CASES` below, one line each, so that changing a band is a visible line in
 a diff. Each case is one ``unlearn`` run with the default method (MAPE, ``mlr``, ``so``, step ``auto``) at

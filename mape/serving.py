@@ -1,4 +1,4 @@
-"""The one owner of every model the app shares (SPEC §5, "How the app is built"). No gradio here.
+"""The one owner of every model the app shares (DESIGN.md §11, "How it is built"). No gradio here.
 
 The app keeps models once per process and serves many visitors at a time. This module holds them all
 and is the only code that touches them:

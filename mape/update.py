@@ -1,4 +1,4 @@
-"""Update rules that change only the parameters owned by the selected units (SPEC §2).
+"""Update rules that change only the parameters owned by the selected units (DESIGN.md §7).
 
 Every rule writes through :class:`MaskedParams`, which sets each parameter to
 ``torch.where(mask, new, original)``: entries outside the selection stay bit-identical.

@@ -294,7 +294,7 @@ def test_so_auto_step_keeps_the_smallest_grid_step_when_it_lands_within_the_slac
 
 
 def _reference_refine(G, S, n, scores, selected):
-    """Plain-Python statement of the greedy pass (SPEC §2), for comparison."""
+    """Plain-Python statement of the greedy pass (DESIGN.md §6), for comparison."""
     selected = selected.copy()
     cost = lambda sel: float(G[~sel].sum() + 0.5 * (S[:, ~sel].sum(1) ** 2).sum() / n)  # noqa: E731
     swaps = 0

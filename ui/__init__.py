@@ -1,4 +1,4 @@
-"""The app's page, one module per section (SPEC §5): each builds its components (``build``) and
+"""The app's page, one module per section (DESIGN.md §11): each builds its components (``build``) and
 connects its handlers (``wire``). Gradio lives here and in ``app.py``; models live in
 :mod:`mape.serving`, which is the only code that touches them (the handlers get NumPy / plain data).
 
