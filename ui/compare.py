@@ -78,7 +78,7 @@ def _empty(which: str):
 
 def wire(page) -> None:
     C, f, m = page.compare, page.forget, page.method
-    outputs = [C.status, C.table, C.plot, C.gap_plot, C.relearn_plot, C.dl_json, C.dl_md, page.model.status]
+    outputs = [*views(page), page.model.status]
 
     def on_compare(preset_name, scenario, kind_v, value_v, owner, methods_v, seeds_v, relearn_v, sparsity_v, retain_v,
                    tol_v, flags, progress=gr.Progress()):
@@ -91,7 +91,7 @@ def wire(page) -> None:
                 concurrency_id="engine", concurrency_limit=page.ctx.engine_limit, show_progress_on=[C.status])
     C.open_btn.upload(lambda files: open_saved(page, files), C.open_btn, outputs, api_visibility="private")
     C.stop.click(_on_stop, C.flags, None, api_visibility="private", queue=False)
-    page.model.preset.change(lambda: reset(page), None, outputs, api_visibility="private", queue=False)
+    page.model.preset.input(lambda: reset(page), None, outputs, api_visibility="private", queue=False)
     page.model.scenario.input(lambda: reset(page), None, outputs, api_visibility="private", queue=False)
 
 
@@ -205,6 +205,12 @@ def open_saved(page, files) -> dict:
             f"{seeds} · {res.device} ({res.machine.get('cpu', 'unknown machine')})."
             + (f" Closest to retrain: {best}." if best else ""))
     return show(page, res, status=text)
+
+
+def views(page) -> list:
+    """The comparison's views (what :func:`reset` clears)."""
+    C = page.compare
+    return [C.status, C.table, C.plot, C.gap_plot, C.relearn_plot, C.dl_json, C.dl_md]
 
 
 def reset(page) -> dict:
