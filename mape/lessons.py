@@ -48,7 +48,7 @@ class Lesson:
 
 
 FIRST_TIME = ("The first time on a fresh machine this takes minutes: the {what} trained and cached; afterwards "
-              "it answers in about half a minute on a CPU.")
+              "they load in seconds, and the run itself takes from half a minute to a few minutes on a CPU.")
 
 LESSONS: tuple[Lesson, ...] = (
     Lesson("topic", "Forget a whole topic", "minilm-bbc", "class:sport", CLASS,
@@ -82,9 +82,10 @@ LESSONS: tuple[Lesson, ...] = (
            "80 training digits got a small white square in the bottom-right corner and the label *0*, and the "
            "original learned it: with the square, almost any digit is read as 0. Forgetting **poisoned** removes "
            "those 80 images — but this lesson shows a **limitation**: the method does not remove this backdoor "
-           "reliably (in our runs at seed 0 about 60 % of triggered digits still come out as 0, against under 1 % "
-           "for the retrained model). Compare the **ASR** of MAPE with the retrained model's and try the trigger "
-           "tester under ⑥; the reading below says how far this run got. "
+           "reliably (in our runs well over half of the triggered digits still come out as 0 — about 60 % with the "
+           "command line's settings, more on this page's quicker ones — against under 1 % for the retrained "
+           "model). Compare the **ASR** of MAPE with the retrained model's and try the trigger tester under ⑥; the "
+           "reading at the top of ⑤ Results says how far this run got. "
            + FIRST_TIME.format(what="poisoned original and the model retrained on the clean digits are"),
            scenario="backdoor:patch:0:80"),
 )
