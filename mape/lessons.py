@@ -47,8 +47,7 @@ class Lesson:
                     seed=self.seed, retrain=self.retrain)
 
 
-FIRST_TIME = ("The first time on a fresh machine this takes minutes: the {what} trained and cached; afterwards "
-              "they load in seconds, and the run itself takes from half a minute to a few minutes on a CPU.")
+FIRST_TIME = "The first time on a fresh machine takes minutes: the {what} trained once, then cached."
 
 LESSONS: tuple[Lesson, ...] = (
     Lesson("topic", "Forget a whole topic", "minilm-bbc", "class:sport", CLASS,

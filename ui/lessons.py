@@ -46,8 +46,9 @@ def build(ctx) -> SimpleNamespace:
     if shown:
         gr.Markdown("## Start here: lessons", elem_classes=["mape-section"])
         gr.Markdown("Each lesson sets the controls below (model, training data, forget set, method, retrained model "
-                    "on) and runs; the reading of its results appears at the top of ⑤ Results. Change any control "
-                    "afterwards to build your own experiment.", elem_classes=["mape-sub"])
+                    "on) and runs; the reading of its results appears at the top of ⑤ Results. With its models cached "
+                    "a lesson takes from half a minute to a few minutes on a CPU. Change any control afterwards to "
+                    "build your own experiment.", elem_classes=["mape-sub"])
         with gr.Row(equal_height=False):
             for lesson in shown:
                 with gr.Column(min_width=230, elem_classes=["mape-lesson"], elem_id=f"lesson-{lesson.key}"):
