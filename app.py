@@ -3,13 +3,14 @@
     python app.py                      # serves on 127.0.0.1:7860 (0.0.0.0 on Hugging Face Spaces)
     from app import demo, build_demo   # the Blocks, e.g. for tests or `gradio app.py`
 
-One page, top to bottom: model & data, forget set, method, run (live mask search), results, predictions
-before/after, attributions, "Compare methods" (against retraining), downloads, and "About the method" —
-one module per section in ``ui/``. The models the page uses live in :mod:`mape.serving`, the only code
-that touches them. The run is also the API endpoint ``unlearn`` (gradio_client: ``Client(url).predict(
-preset, forget, objective, sparsity, update, seed, retrain, scenario, api_name="/unlearn")`` returns the results
-JSON of ``python -m mape unlearn``), the comparison the endpoint ``compare`` (``predict(preset, forget, methods,
-seeds, sparsity, relearn_steps, scenario, api_name="/compare")`` returns the JSON of ``python -m mape compare``).
+One page, top to bottom: lessons (one-click experiments that fill in the controls below and run), model &
+data, forget set, method, run (live mask search), results, predictions before/after, attributions, "Compare
+methods" (against retraining), downloads, and "About the method" — one module per section in ``ui/``. The
+models the page uses live in :mod:`mape.serving`, the only code that touches them. The run is also the API
+endpoint ``unlearn`` (gradio_client: ``Client(url).predict(preset, forget, objective, sparsity, update, seed,
+retrain, scenario, api_name="/unlearn")`` returns the results JSON of ``python -m mape unlearn``), the
+comparison the endpoint ``compare`` (``predict(preset, forget, methods, seeds, sparsity, relearn_steps,
+scenario, api_name="/compare")`` returns the JSON of ``python -m mape compare``).
 
 Environment: ``MAPE_APP_PRESETS`` (comma-separated preset names to offer, in order; ``tiny-bbc`` and
 ``tiny-mnist`` are fast test presets), ``MAPE_APP_TRAIN_LIMIT`` (train the original model on a subset),
@@ -37,6 +38,7 @@ from ui import (
     compare,
     downloads,
     forget_set,
+    lessons,
     live_search,
     method,
     model_data,
@@ -47,8 +49,8 @@ from ui.common import context, new_page
 from ui.model_data import model_status  # noqa: F401 - part of the app's surface (tests, scripts)
 
 # the page's sections, top to bottom
-SECTIONS = (("model", model_data), ("forget", forget_set), ("method", method), ("live", live_search),
-            ("results", results), ("predictions", predictions), ("attributions", attributions),
+SECTIONS = (("lessons", lessons), ("model", model_data), ("forget", forget_set), ("method", method),
+            ("live", live_search), ("results", results), ("predictions", predictions), ("attributions", attributions),
             ("compare", compare), ("downloads", downloads), ("about", about))
 
 THEME = gr.themes.Soft(primary_hue="orange", secondary_hue="slate", neutral_hue="slate")
@@ -62,7 +64,7 @@ table.mape-metrics, table.mape-preds, table.mape-counts,
 .mape-metrics tr, .mape-preds tr, .mape-counts tr {border: none !important;}
 .mape-metrics td, .mape-metrics th, .mape-preds td, .mape-preds th, .mape-counts td, .mape-counts th {
   border-left: none !important; border-right: none !important; border-top: none !important;}
-"""
+""" + lessons.CSS
 
 
 def build_demo(presets: list[str] | str | None = None, concurrency: int | None = None) -> gr.Blocks:
@@ -75,7 +77,7 @@ def build_demo(presets: list[str] | str | None = None, concurrency: int | None =
             setattr(page, name, section.build(ctx))
         model_data.wire(page, demo)
         forget_set.wire(page, demo)
-        for section in (live_search, predictions, attributions, compare, downloads):
+        for section in (live_search, predictions, attributions, compare, downloads, lessons):
             section.wire(page)
         api.register(ctx)
     demo.queue(default_concurrency_limit=4, max_size=32)

@@ -362,8 +362,34 @@ def class_counts_html(classes: list[str], forget_y: np.ndarray, train_y: np.ndar
             f"{''.join(rows)}</table>")
 
 
-def _pct(v) -> str:
+def pct(v) -> str:
+    """A rate as the metrics table prints it ("97.5%"; "n/a" when not measured). The run summary and the
+    lessons' readings (mape.lessons) print through the same helpers, so the words and the table agree."""
     return "n/a" if v is None or not np.isfinite(float(v)) else f"{100 * float(v):.1f}%"
+
+
+def gap_pts(g) -> str:
+    """An average gap to retrain as the metrics table prints it ("3.2 pts")."""
+    return f"{100 * float(g):.1f} pts"
+
+
+def params_changed_text(params: dict) -> str:
+    """'12,345 of 22,713,989 parameters changed (0.05%)', as the run summary prints it."""
+    return (f"{params['changed']:,} of {params['total']:,} parameters changed "
+            f"({100 * params['changed_share']:.2f}%)")
+
+
+def units_text(selection: dict) -> str:
+    """'7 of 72 attention heads and 921 of 9,216 FFN filters' (the units selected for update)."""
+    heads, filters = np.asarray(selection["heads"]), np.asarray(selection["filters"])
+    return (f"{int(heads.sum())} of {heads.size} attention heads and {int(filters.sum()):,} of {filters.size:,} "
+            "FFN filters")
+
+
+def retrain_share_pct(update: dict) -> str | None:
+    """The share of a retrain's counted work a run used ("12%"), or None when the run did not count it."""
+    share = (update.get("work") or {}).get("retrain_share")
+    return None if share is None else f"{100 * share:.0f}%"
 
 
 METRIC_COLUMNS = (("forget_acc", "Forget acc. (FA)",
@@ -411,7 +437,7 @@ def metrics_table_html(metrics: dict, gap: dict | None) -> str:
                 d = 100 * (float(v) - float(ref[key]))
                 colour = "#15803d" if abs(d) < 2 else ("#b45309" if abs(d) < 10 else "#b91c1c")
                 extra = f'<div style="font-size:0.78em;color:{colour};">{d:+.1f} vs retrain</div>'
-            cells.append(f'<td {_TDR}><span class="mape-num">{_pct(v)}</span>{extra}</td>')
+            cells.append(f'<td {_TDR}><span class="mape-num">{pct(v)}</span>{extra}</td>')
         g = gap.get(n) if gap else None
         if n == "retrain":
             gcell = ('<td style="padding:6px 8px;border:none;border-bottom:1px solid #e5e7eb;text-align:right;'
@@ -422,7 +448,7 @@ def metrics_table_html(metrics: dict, gap: dict | None) -> str:
         else:
             bg = "#dcfce7" if n == best else "#fef3c7"
             gcell = ('<td class="mape-gap" style="padding:6px 8px;border:none;border-bottom:1px solid #e5e7eb;'
-                     f'text-align:right;background:{bg};font-weight:700;">{100 * float(g):.1f} pts</td>')
+                     f'text-align:right;background:{bg};font-weight:700;">{gap_pts(g)}</td>')
         style = (' style="border:none;background:#f3f4f6;font-style:italic;"' if n == "retrain"
                  else ' style="border:none;"')
         label = ROW_NAMES.get(n, n)
@@ -522,12 +548,12 @@ def _target_lines(update: dict) -> list[str]:
     if kept:
         lines[0] = lines[0][:-1] + (f"; at most {kept['may_turn_wrong']} of its {kept['examples']} examples of the "
                                     "forget set's class(es) that the original got right may turn wrong.")
-    if update.get("stopped") and not _no_update(update):
+    if update.get("stopped") and not no_update(update):
         lines.append(f"**Follow-up steps stopped early:** {update['stopped']}.")
     return lines
 
 
-def _no_update(update: dict) -> bool:
+def no_update(update: dict) -> bool:
     """The automatic step changed nothing: the forget set already met its target at the start."""
     return bool(update.get("auto")) and update.get("step") == 0 and update.get("params_changed") == 0
 
@@ -537,16 +563,14 @@ def _work_lines(update: dict) -> list[str]:
     work = update.get("work") or {}
     if work.get("retrain_share") is None:
         return []
-    return [f"**Work:** {100 * work['retrain_share']:.0f}% of what retraining without the forget set would cost "
+    return [f"**Work:** {retrain_share_pct(update)} of what retraining without the forget set would cost "
             f"({work['spent']:,.0f} of {work['retrain']:,.0f} counted example passes; a run may use at most half)."]
 
 
 def summary_markdown(result: dict) -> str:
     sel, p, t, u, f = result["selection"], result["params"], result["timing"], result["update"], result["forget"]
-    heads = np.asarray(sel["heads"])
-    filters = np.asarray(sel["filters"])
     step = u.get("step")
-    if _no_update(u):
+    if no_update(u):
         step_text = ("none: the forget set already looks the way it would to a model retrained without it, so "
                      "nothing was changed (first, do no harm)")
     elif step is None:
@@ -558,12 +582,11 @@ def summary_markdown(result: dict) -> str:
     lines = [
         f"**Forgot {f['size']} training examples** (`{f['spec']}`"
         + (f", the whole class *{f['forget_class']}*" if f.get("forget_class") is not None else "") + ").",
-        f"**Selected for update:** {int(heads.sum())} of {heads.size} attention heads and {int(filters.sum()):,} of "
-        f"{filters.size:,} FFN filters; the greedy refinement made {sel['swaps']} swap(s).",
+        f"**Selected for update:** {units_text(sel)}; the greedy refinement made {sel['swaps']} swap(s).",
         f"**Update:** `{u.get('rule')}`, {step_text}"
         + (" (chosen automatically" + (", target reached)" if u.get("reached_target") else ", closest to the target)")
-           if u.get("auto") and not _no_update(u) else "")
-        + f"; {p['changed']:,} of {p['total']:,} parameters changed ({100 * p['changed_share']:.2f}%).",
+           if u.get("auto") and not no_update(u) else "")
+        + f"; {params_changed_text(p)}.",
         *_target_lines(u),
         *_work_lines(u),
         f"**Time:** search {t['search_s']:.1f} s, update {t['update_s']:.1f} s"

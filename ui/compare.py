@@ -80,7 +80,7 @@ def _empty(which: str):
 
 def wire(page) -> None:
     C, f, m = page.compare, page.forget, page.method
-    outputs = [C.status, C.table, C.plot, C.gap_plot, C.relearn_plot, C.dl_json, C.dl_md, page.model.status]
+    outputs = [*views(page), page.model.status]
 
     def on_compare(preset_name, scenario, kind_v, value_v, owner, methods_v, seeds_v, relearn_v, sparsity_v, retain_v,
                    tol_v, flags, progress=gr.Progress()):
@@ -95,7 +95,7 @@ def wire(page) -> None:
     C.open_btn.upload(lambda files: open_saved(page, files), C.open_btn, outputs, api_visibility="private")
     C.open_audit_btn.upload(lambda file: open_audit(page, file), C.open_audit_btn, outputs, api_visibility="private")
     C.stop.click(_on_stop, C.flags, None, api_visibility="private", queue=False)
-    page.model.preset.change(lambda: reset(page), None, outputs, api_visibility="private", queue=False)
+    page.model.preset.input(lambda: reset(page), None, outputs, api_visibility="private", queue=False)
     page.model.scenario.input(lambda: reset(page), None, outputs, api_visibility="private", queue=False)
 
 
@@ -230,6 +230,12 @@ def open_audit(page, file) -> dict:
     text = (f"Opened audit: {res['preset']} · {res['forget']} · N = {res['models']} models per population. "
             f"{res['sanity']['note'][:1].upper()}{res['sanity']['note'][1:]}.")
     return {**reset(page), C.status: fmt_status("done", text), C.table: table, C.plot: FG.audit_epsilon_figure(res)}
+
+
+def views(page) -> list:
+    """The comparison's views (what :func:`reset` clears)."""
+    C = page.compare
+    return [C.status, C.table, C.plot, C.gap_plot, C.relearn_plot, C.dl_json, C.dl_md]
 
 
 def reset(page) -> dict:

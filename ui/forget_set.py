@@ -5,6 +5,7 @@ It also owns the preset switch: the forget selector is reset to the new preset's
 under way the Run button is disabled (in the browser at once, then by the server), and a run whose
 selector still belongs to the previous preset uses the new preset's default forget set, which is what
 the selector shows a moment later (ui.live_search.forget_spec_of): what the page shows is what runs.
+The switch follows the visitor's choice (``.input``); a lesson (ui.lessons) sets the selector itself.
 """
 
 from __future__ import annotations
@@ -72,7 +73,7 @@ def wire(page, demo) -> None:
     switch_out = [f.kind, f.value, f.owner, page.method.run_btn]
     # a preset switch starts on clean data (model_data resets the scenario): the scenario on screen may
     # still be the old preset's for a moment, so this chain does not read it
-    for event, handler, inputs in ((preset.change, on_preset, [preset]),
+    for event, handler, inputs in ((preset.input, on_preset, [preset]),
                                    (scenario.input, on_scenario, [preset, scenario])):
         event(None, None, None, js=DISABLE_RUN_JS, api_visibility="private", queue=False)
         event(lambda: gr.Button(interactive=False), None, page.method.run_btn, api_visibility="private", queue=False

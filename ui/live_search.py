@@ -38,24 +38,30 @@ def build(ctx) -> SimpleNamespace:
                            run_id=gr.State(0))  # changes when a run completes: starts the default attribution
 
 
+def run_outputs(page) -> list:
+    """Everything a run updates (the live view, the model status and every result section)."""
+    L = page.live
+    return ([L.status, L.heads, L.filters, L.counts, L.state, L.run_id, page.model.status]
+            + results.outputs(page) + predictions.run_outputs(page) + downloads.outputs(page)
+            + attributions.run_outputs(page))
+
+
 def wire(page) -> None:
     L, f = page.live, page.forget
-    outputs = ([L.status, L.heads, L.filters, L.counts, L.state, L.run_id, page.model.status]
-               + results.outputs(page) + predictions.run_outputs(page) + downloads.outputs(page)
-               + attributions.run_outputs(page))
+    outputs = run_outputs(page)
 
     def on_run(preset_name, scenario, kind_v, value_v, owner, objective, sparsity, update, step, seed, retrain,
                retain, passes, joint, tolerance, flags, progress=gr.Progress()):
         values = (objective, sparsity, update, step, seed, retrain, retain, passes, joint, tolerance)
         name = serving.served_name(preset_name, scenario)
-        yield from _run(page, name, S.compose_spec(kind_v, value_v), owner, values, flags, progress)
+        yield from run(page, name, S.compose_spec(kind_v, value_v), owner, values, flags, progress)
 
     page.method.run_btn.click(on_run, [page.model.preset, page.model.scenario, f.kind, f.value, f.owner]
                               + method.settings(page) + [L.flags],
                               outputs, api_visibility="private", concurrency_id="engine",
                               concurrency_limit=page.ctx.engine_limit, show_progress_on=[L.status])
     page.method.stop_btn.click(_on_stop, L.flags, None, api_visibility="private", queue=False)
-    page.model.preset.change(lambda name: reset(page, name), page.model.preset, outputs, api_visibility="private",
+    page.model.preset.input(lambda name: reset(page, name), page.model.preset, outputs, api_visibility="private",
                              queue=False)
     page.model.scenario.input(lambda name, sc: reset(page, serving.served_name(name, sc)),
                               [page.model.preset, page.model.scenario], outputs, api_visibility="private", queue=False)
@@ -74,7 +80,10 @@ def forget_spec_of(preset_name: str, spec: str, owner) -> str:
     return spec if owner == preset_name else S.compose_spec(*default_kv(preset_name))
 
 
-def _run(page, preset_name, spec, owner, values, flags, progress):
+def run(page, preset_name, spec, owner, values, flags, progress):
+    """The Run handler's work (also a lesson's, ui.lessons): page updates from the checks of the request to
+    every section's view of the finished run (the last update holds ``page.live.state``). ``values``: the
+    method settings in :func:`ui.method.config`'s order."""
     L = page.live
     flags["stop"] = False
     spec = forget_spec_of(preset_name, spec, owner)
@@ -87,7 +96,8 @@ def _run(page, preset_name, spec, owner, values, flags, progress):
         return
     t0 = time.perf_counter()
     progress(0.0, desc="starting")
-    yield {L.status: fmt_status("busy", f"Starting: forgetting {spec} on {title_of(preset_name)}…")}
+    yield {L.status: fmt_status("busy", f"Starting: forgetting {spec} on {title_of(preset_name)}…"),
+           **results.hide_reading(page)}  # a lesson's reading belongs to the lesson's run
     view = _LiveView(page, preset_name, progress)
     events = serving.run(preset_name, spec, cfg, live=True)
     for event in events:

@@ -20,6 +20,9 @@ UPDATES = [("so — one Fisher-preconditioned second-order step (default)", "so"
            ("gd — ascent on forget + descent on retain (NegGrad+)", "gd"),
            ("rl — random labels on forget + retain", "rl"), ("npo — negative preference optimisation", "npo")]
 
+#: the advanced settings' defaults (greedy passes, joint budget, retain-accuracy tolerance of the auto step)
+PASSES, JOINT, TOLERANCE = 1, False, 0.02
+
 
 def build(ctx) -> SimpleNamespace:
     gr.Markdown("## ③ Method", elem_classes=["mape-section"])
@@ -42,10 +45,10 @@ def build(ctx) -> SimpleNamespace:
                                       minimum=1, elem_id="retain-sample",
                                       info="Retain examples behind the unit scores (more: steadier scores, slower "
                                            "search; the CLI uses 512 on a CPU).")
-            passes = gr.Number(1, label="Greedy passes", precision=0, minimum=0, maximum=MAX_GREEDY_PASSES,
+            passes = gr.Number(PASSES, label="Greedy passes", precision=0, minimum=0, maximum=MAX_GREEDY_PASSES,
                                elem_id="passes")
-            joint = gr.Checkbox(False, label="One joint budget counted in parameters", elem_id="joint")
-            tolerance = gr.Number(0.02, label="Retain-accuracy tolerance (auto step)", minimum=0, maximum=1,
+            joint = gr.Checkbox(JOINT, label="One joint budget counted in parameters", elem_id="joint")
+            tolerance = gr.Number(TOLERANCE, label="Retain-accuracy tolerance (auto step)", minimum=0, maximum=1,
                                   elem_id="tolerance")
     with gr.Row():
         run_btn = gr.Button("▶  Run unlearning", variant="primary", size="lg", scale=4, elem_id="run-btn")
@@ -60,6 +63,16 @@ def settings(page) -> list:
     m = page.method
     return [m.objective, m.sparsity, m.update, m.step, page.forget.seed, m.retrain, m.retain_sample, m.passes,
             m.joint, m.tolerance]
+
+
+def default_values(ctx, objective="mlr", sparsity=0.9, update="so", step="auto", seed=0, retrain=False) -> tuple:
+    """Settings in :func:`settings`' order with the page's defaults for the advanced ones (a lesson's run)."""
+    return (objective, sparsity, update, step, seed, retrain, ctx.retain_default, PASSES, JOINT, TOLERANCE)
+
+
+def show_values(page, values: tuple) -> dict:
+    """Put settings (in :func:`settings`' order) on the page's controls."""
+    return dict(zip(settings(page), values))
 
 
 def config(objective, sparsity, update, step, seed, retrain, retain_sample, passes, joint=False,

@@ -1,4 +1,4 @@
-"""① Model & data: the header, the preset picker, the training data (clean or a scenario: poisoned or
+"""① Model & data: the preset picker, the training data (clean or a scenario: poisoned or
 mislabeled examples, mape.scenarios), the original model's status and "Prepare model".
 
 The page serves a preset with a scenario under the name ``preset@scenario`` (mape.serving.served_name):
@@ -19,21 +19,11 @@ from mape import app_support as S, serving
 from mape.presets import PRESETS
 from ui.common import classes_of, preset_of, status_line
 
-INTRO = ("# MAPE-Unlearn Studio\n"
-         "Make a trained Transformer **forget** part of its training data by updating only a few attention heads "
-         "and feed-forward filters — *module-aware, parameter-efficient unlearning* (Bao et al., 2025). Pick a "
-         "model, choose what to forget, press **Run**, and watch which units the search selects. Everything runs "
-         "here, offline-capable; the method is explained at the bottom of the page.")
 # measured on 2 idle CPU cores (README, BENCHMARKS.md); other presets depend on the data size
 CPU_TRAINING_TIME = {"minilm-bbc": "about 3 minutes on a CPU", "vit-mnist": "about 2 minutes on a CPU"}
 
 
 def build(ctx) -> SimpleNamespace:
-    with gr.Row(equal_height=True):
-        with gr.Column(scale=5):
-            gr.Markdown(INTRO, elem_id="mape-intro")
-        with gr.Column(scale=1, min_width=180):
-            gr.HTML(device_badge(), elem_id="device-badge")
     gr.Markdown("## ① Model & data", elem_classes=["mape-section"])
     with gr.Row():
         with gr.Column(scale=2):
@@ -56,9 +46,11 @@ def wire(page, demo) -> None:
     m = page.model
     demo.load(model_status, m.preset, m.status, api_visibility="private")
     # a new preset starts on clean data (its scenario list is its own); a scenario the visitor picks or types
-    # (.input: not the reset above) is checked and described at once
-    m.preset.change(on_preset, m.preset, [m.description, m.status, m.scenario, m.scenario_note],
-                    api_visibility="private", queue=False)
+    # (.input: not the reset above) is checked and described at once. Every section listens to the visitor's
+    # switches (.input), not to .change: a lesson (ui.lessons) sets preset, scenario and forget set together
+    # and must not have them reset behind it to the new preset's defaults
+    m.preset.input(on_preset, m.preset, [m.description, m.status, m.scenario, m.scenario_note],
+                   api_visibility="private", queue=False)
     m.scenario.input(on_scenario, [m.preset, m.scenario], [m.status, m.scenario_note], api_visibility="private",
                      queue=False)
     m.prepare_btn.click(on_prepare, [m.preset, m.scenario], m.status, api_visibility="private",

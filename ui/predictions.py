@@ -72,7 +72,7 @@ def wire(page) -> None:
     P.trigger_test.click(test_trigger_example, [preset, scenario, state], P.trigger_out,
                          **{**opts, "preprocess": True})
     # the tester shows with a backdoor scenario only
-    preset.change(lambda: (gr.Column(visible=False), ""), None, [P.trigger_box, P.trigger_out],
+    preset.input(lambda: (gr.Column(visible=False), ""), None, [P.trigger_box, P.trigger_out],
                   api_visibility="private", queue=False)
     scenario.input(lambda p, sc: (gr.Column(visible=has_trigger(p, sc)), ""), [preset, scenario],
                    [P.trigger_box, P.trigger_out], api_visibility="private", queue=False)

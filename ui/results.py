@@ -13,6 +13,8 @@ from ui.common import EMPTY_RESULTS
 
 def build(ctx) -> SimpleNamespace:
     gr.Markdown("## ⑤ Results", elem_classes=["mape-section"])
+    # a lesson's reading of its run (ui.lessons, mape.lessons): shown after a lesson's run only
+    reading = gr.Markdown("", visible=False, elem_id="lesson-reading", elem_classes=["mape-reading"])
     summary = gr.Markdown("", elem_id="run-summary")
     with gr.Row():
         with gr.Column(scale=3):
@@ -20,7 +22,7 @@ def build(ctx) -> SimpleNamespace:
         with gr.Column(scale=2):
             chart = gr.Plot(FG.empty_figure("Metrics chart: after a run", 380), label="Metrics", elem_id="metrics-plot")
     losses = gr.Plot(FG.empty_figure(LOSS_EMPTY, 300), label="Loss distribution", elem_id="loss-plot")
-    return SimpleNamespace(summary=summary, table=table, chart=chart, losses=losses)
+    return SimpleNamespace(reading=reading, summary=summary, table=table, chart=chart, losses=losses)
 
 
 LOSS_EMPTY = "Loss distribution of the forget set: after a run"
@@ -28,20 +30,29 @@ LOSS_EMPTY = "Loss distribution of the forget set: after a run"
 
 def outputs(page) -> list:
     r = page.results
-    return [r.summary, r.table, r.chart, r.losses]
+    return [r.reading, r.summary, r.table, r.chart, r.losses]
 
 
 def show(page, result: dict) -> dict:
+    """A finished run's results (without a lesson's reading: a lesson adds it, :func:`show_reading`)."""
     r, metrics = page.results, result["metrics"]
     return {r.summary: summary_markdown(result), r.table: S.metrics_table_html(metrics, result.get("gap_to_retrain")),
-            r.chart: metrics_chart(metrics),
+            r.chart: metrics_chart(metrics), **hide_reading(page),
             r.losses: FG.loss_distribution_figure(result.get("loss_distribution") or {})}
+
+
+def show_reading(page, text: str) -> dict:
+    return {page.results.reading: gr.Markdown(text, visible=True)}
+
+
+def hide_reading(page) -> dict:
+    return {page.results.reading: gr.Markdown("", visible=False)}
 
 
 def reset(page, preset_name: str) -> dict:
     r = page.results
     return {r.summary: "", r.table: EMPTY_RESULTS, r.chart: FG.empty_figure("Metrics chart: after a run", 380),
-            r.losses: FG.empty_figure(LOSS_EMPTY, 300)}
+            r.losses: FG.empty_figure(LOSS_EMPTY, 300), **hide_reading(page)}
 
 
 def summary_markdown(result: dict) -> str:

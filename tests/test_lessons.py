@@ -1,0 +1,169 @@
+"""mape.lessons: every lesson is a request its preset accepts, and the reading of a real run states exactly
+the numbers of the metrics table and the run summary (the words never disagree with the numbers)."""
+
+from __future__ import annotations
+
+import copy
+import re
+from dataclasses import replace
+
+import pytest
+
+from mape import app_support as S, lessons as LS
+from mape.forget import select_forget
+from mape.pipeline import UnlearnConfig, prepare, training_data, unlearn
+from mape.presets import PRESETS, load_dataset_for
+from mape.scenarios import check_forget_specs, parse_scenario
+
+PCT = re.compile(r"\d+\.\d%")
+PTS = re.compile(r"\d+\.\d pts")
+
+
+@pytest.mark.parametrize("lesson", LS.LESSONS, ids=lambda lesson: lesson.key)
+def test_every_lesson_is_a_request_its_preset_accepts(lesson):
+    """The lesson's preset runs here, its scenario parses and applies to the preset's data, and its forget spec
+    selects what the lesson's kind says (a whole class, part of one, the altered examples)."""
+    preset = PRESETS[lesson.preset]
+    assert preset.availability()[0], lesson.preset  # embedded presets: offline
+    scenario = lesson.scenario or None
+    check_forget_specs([lesson.forget], scenario)
+    ds = training_data(preset, load_dataset_for(preset, None, None), scenario)
+    fs = select_forget(lesson.forget, ds, lesson.seed)
+    assert len(fs.indices) > 0
+    UnlearnConfig(**lesson.config()).validate()
+    assert lesson.retrain and lesson.config()["retrain"]  # the comparison is the lesson
+    if lesson.kind == LS.CLASS:
+        assert fs.forget_class is not None
+    elif lesson.kind == LS.SUBSET:
+        assert fs.forget_class is None and len(set(ds.train.y[fs.indices].tolist())) == 1  # part of one class
+    else:
+        sc = parse_scenario(lesson.scenario)
+        assert sc.kind == "backdoor" and sorted(fs.indices.tolist()) == sorted(ds.scenario.indices.tolist())
+    sentences = [s for s in re.split(r"(?<=[.!?])\s+(?=[A-Z0-9*])", lesson.text.strip()) if s]
+    assert 3 <= len(sentences) <= 6, sentences  # three to five sentences, plus the first-time note
+    assert "first time" in lesson.text.lower() and "minutes" in lesson.text
+
+
+def test_the_patch_backdoor_lesson_promises_no_success():
+    lesson = next(lesson for lesson in LS.LESSONS if lesson.scenario.startswith("backdoor:patch"))
+    assert "limitation" in lesson.text and "not remove" in lesson.text
+
+
+def test_only_lessons_of_offered_presets_are_shown():
+    assert [lesson.key for lesson in LS.lessons_for(["vit-mnist"])] == ["digit", "patch-backdoor"]
+    assert [lesson.preset for lesson in LS.lessons_for(["minilm-bbc", "vit-mnist"])] == [
+        "minilm-bbc", "minilm-bbc", "minilm-bbc", "vit-mnist", "vit-mnist"]
+    assert LS.lessons_for(["tiny-bbc", "minilm-sst2"]) == []
+
+
+# --------------------------------------------------------------------------- readings of real runs
+
+
+def table_numbers(result: dict) -> tuple[set[str], set[str]]:
+    """The rates and the gaps the page's metrics table prints for this result."""
+    html = S.metrics_table_html(result["metrics"], result.get("gap_to_retrain"))
+    return set(re.findall(r'class="mape-num">([^<]+)<', html)), set(PTS.findall(html))
+
+
+def check_reading_states_the_table(lesson: LS.Lesson, result: dict) -> str:
+    text = LS.reading(lesson, result)
+    rates, gaps = table_numbers(result)
+    assert PCT.findall(text), text
+    assert set(PCT.findall(text)) <= rates, (set(PCT.findall(text)) - rates, text)
+    assert set(PTS.findall(text)) <= gaps and len(PTS.findall(text)) == 2, text  # original's and unlearned's gap
+    m = result["metrics"]
+    for key in LS.CITED[lesson.kind]:  # every cited metric, for each model, as the table prints it
+        if key in m["unlearned"]:
+            for model in ("original", "unlearned") + (("retrain",) if key != "loss_distance" else ()):
+                assert S.pct(m[model][key]) in text, (key, model, text)
+    summary = S.summary_markdown(result)
+    for words in (S.params_changed_text(result["params"]), S.units_text(result["selection"]),
+                  S.retrain_share_pct(result["update"])):
+        assert words in text and words in summary, (words, text)
+    return text
+
+
+@pytest.fixture(scope="module")
+def sport_result(bbc_ws):
+    return unlearn(bbc_ws, "class:sport", UnlearnConfig(retrain=True, retain_sample=128)).to_json()
+
+
+def test_reading_of_a_class_run_states_the_table(sport_result):
+    lesson = replace(LS.LESSONS[0], preset="test-minilm-bbc")
+    text = check_reading_states_the_table(lesson, sport_result)
+    m = sport_result["metrics"]
+    assert text.startswith("### What this run shows — Forget a whole topic")
+    assert f"Test accuracy on the other classes {LS._moved(m['original']['test_acc'], m['unlearned']['test_acc'])}" \
+        in text
+    forgotten = m["unlearned"]["forget_acc"] <= m["retrain"]["forget_acc"] + LS.STEADY
+    assert ("**Forgotten as by retraining:**" in text) == forgotten, text
+    print(text)
+
+
+def test_reading_of_the_same_run_as_a_subset_lesson(sport_result):
+    """A lesson about looking unseen reads MIA and the loss distance first (the same run, another lesson)."""
+    lesson = replace(LS.LESSONS[1], preset="test-minilm-bbc")
+    text = check_reading_states_the_table(lesson, sport_result)
+    assert text.index("MIA efficacy") < text.index("Forget accuracy")
+    assert "Loss distance to the retrained model (KS)" in text
+
+
+@pytest.fixture(scope="module")
+def backdoor_result():
+    ws = prepare("test-minilm-bbc", train_limit=400, device="cpu", scenario="backdoor:cf:sport:8")
+    return unlearn(ws, "poisoned", UnlearnConfig(retrain=True, retain_sample=128)).to_json()
+
+
+def test_reading_of_a_backdoor_run_states_the_table(backdoor_result):
+    lesson = replace(LS.LESSONS[2], preset="test-minilm-bbc", scenario="backdoor:cf:sport:8")
+    text = check_reading_states_the_table(lesson, backdoor_result)
+    m = backdoor_result["metrics"]
+    assert "Attack success rate (ASR)" in text and "Clean test accuracy" in text
+    gone = m["unlearned"]["asr"] <= m["retrain"]["asr"] + LS.CLOSE
+    assert ("**The backdoor is gone:**" in text) == gone, text
+    print(text)
+
+
+def test_the_verdict_follows_the_numbers(backdoor_result, sport_result):
+    """The same result with other numbers gets other words: a backdoor that stays is never called gone, a
+    class still recognised is never called forgotten, a set the attack still reads is not called unseen."""
+    res = copy.deepcopy(backdoor_result)
+    res["metrics"]["original"]["asr"], res["metrics"]["unlearned"]["asr"], res["metrics"]["retrain"]["asr"] = \
+        1.0, 0.62, 0.007
+    text = LS.reading(LS.LESSONS[4], res)
+    assert "**The backdoor is weakened, not removed:** the trigger still works on 62.0%" in text
+    assert "retrained model: 0.7%" in text and "gone" not in text
+    res["metrics"]["unlearned"]["asr"] = 0.99
+    assert "**The backdoor survives:**" in LS.reading(LS.LESSONS[4], res)
+    res["metrics"]["unlearned"]["asr"] = 0.01
+    assert "**The backdoor is gone:**" in LS.reading(LS.LESSONS[4], res)
+
+    res = copy.deepcopy(sport_result)
+    res["metrics"]["unlearned"]["forget_acc"], res["metrics"]["retrain"]["forget_acc"] = 0.40, 0.0
+    assert "**Not yet forgotten like retraining:** the model still recognises 40.0%" in LS.reading(LS.LESSONS[0], res)
+    m = res["metrics"]
+    m["original"]["mia"], m["unlearned"]["mia"], m["retrain"]["mia"] = 0.10, 0.12, 0.80
+    assert "**The forget set still looks like training data:**" in LS.reading(LS.LESSONS[1], res)
+    m["unlearned"]["mia"] = 0.5
+    assert "**The forget set looks less like training data, not yet unseen:**" in LS.reading(LS.LESSONS[1], res)
+    m["unlearned"]["mia"] = 0.75
+    assert "**The forget set looks unseen now:**" in LS.reading(LS.LESSONS[1], res)
+
+
+def test_reading_without_a_retrained_model_or_an_update(sport_result):
+    res = copy.deepcopy(sport_result)
+    del res["metrics"]["retrain"], res["gap_to_retrain"]
+    res["update"].update(auto=True, step=0, params_changed=0)
+    text = LS.reading(LS.LESSONS[0], res)
+    assert "retrained model:" not in text and "Average gap" not in text
+    assert "**Nothing was changed:**" in text and "Retrain reference" in text
+
+
+def test_the_gap_is_compared_as_printed(sport_result):
+    res = copy.deepcopy(sport_result)
+    res["gap_to_retrain"] = {"original": 0.0051, "unlearned": 0.0049}
+    assert "0.5 pts before, 0.5 pts after — as close to the retrained model as" in LS.gap_line(res)
+    res["gap_to_retrain"] = {"original": 0.20, "unlearned": 0.05}
+    assert "20.0 pts before, 5.0 pts after — closer to the retrained model" in LS.gap_line(res)
+    res["gap_to_retrain"] = {"original": 0.05, "unlearned": 0.20}
+    assert "— further from the retrained model" in LS.gap_line(res)
