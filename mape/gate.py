@@ -124,7 +124,7 @@ CASES: tuple[Case, ...] = (
          scenario="backdoor:cf:sport:40"),
     Case("mnist-backdoor", "vit-mnist", "poisoned",
          (at_most("asr", 0.05, "ASR"), at_least_original("test_acc", 0.01, "clean test acc"), WITHIN_BUDGET),
-         scenario="backdoor:patch:0:80", known_short="issue 27 item 4: the image backdoor is not removed yet"),
+         scenario="backdoor:patch:0:80"),
     Case("bbc-random32", "minilm-bbc", "random:32",
          (target_reached(), at_least_original("test_acc", 0.01), WITHIN_BUDGET)),
 )

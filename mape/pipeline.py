@@ -672,7 +672,9 @@ def unlearn(ws: Workspace, forget_spec: str | ForgetSet, config: UnlearnConfig |
         report = _so_steps(task, mp, mg, forget_enc, retain_enc, config, evaluate, target, progress, work=work,
                            trial_work=smp.trial_work, evaluate_on=evaluate_on,
                            check_covers_forget=len(smp.check_f) == len(forget_enc),
-                           retain_check_size=len(smp.check_r) + len(smp.check_u))
+                           retain_check_size=len(smp.check_r) + len(smp.check_u),
+                           distil=lambda rep: _distil_follow_up(ws, task, base or ws.task, mp, smp, config,
+                                                                evaluate, target, rep, work))
     else:
         report = iterative_update(task, config.update, mp, forget_enc, retain_enc, config.step, evaluate, target,
                                   lr=config.lr or ws.preset.recipe.lr, batch_size=config.batch_size,
@@ -800,7 +802,7 @@ def _unit(grad: dict) -> dict:
 def _so_steps(task, mp: MaskedParams, mg, forget_enc: Encoded, retain_enc: Encoded, config: UnlearnConfig,
               evaluate, target: Target, progress: Progress | None, work: Work | None = None,
               trial_work: float = 0.0, evaluate_on=None, check_covers_forget: bool = False,
-              retain_check_size: int | None = None) -> UpdateReport:
+              retain_check_size: int | None = None, distil=None) -> UpdateReport:
     """The ``so`` update. With ``step='auto'``, when one step cannot reach the target within the retain
     tolerance, up to ``config.so_steps - 1`` further steps follow from the chosen point, each recomputing
     its gradient there on the examples :func:`_still_to_forget` names (at most ``FOLLOW_UP_FORGET``, the
@@ -824,13 +826,24 @@ def _so_steps(task, mp: MaskedParams, mg, forget_enc: Encoded, retain_enc: Encod
     it is measured — is still classified right, even when the check sample already reads 0 %, and their
     step-size trials check those examples (``forget_checked`` in the trial records) instead of the sample
     (vit-mnist class:3 seed 1: 1.25 % of the class left after the check read 0 %; 0.75 % with these checks).
-    The report lists every step's trials (``round`` = step number), ``step_seconds`` and ``work``."""
+    The report lists every step's trials (``round`` = step number), ``step_seconds`` and ``work``.
+    With ``distil`` (``unlearn`` passes :func:`_distil_follow_up`): when the first step stops short of the target,
+    ``distil(report)`` is asked first and, when it returns True (the work budget paid for it), the distilled push
+    of :mod:`mape.distil` has replaced the follow-ups (its trials have ``round`` = ``"distil"``)."""
     prog = (lambda s, f: progress(s, f)) if progress else None
     work = Work(float("inf")) if work is None else work
     t_first = time.perf_counter()
     report = so_update(task, mp, so_direction(mp, mg.param_forget_grad, mg.param_retain_fisher, config.damping),
                        config.step, evaluate, target, progress=prog, work=work, trial_work=trial_work)
     seconds = [time.perf_counter() - t_first]
+    if config.step == "auto" and not report.reached_target and distil is not None:
+        report.trials = [{**t, "round": 1} for t in report.trials]
+        report.step_seconds = seconds
+        if distil(report):  # the distilled push instead of so follow-ups (mape.distil)
+            report.work = work.to_json()
+            report.params_changed = mp.changed()
+            return report
+        report.trials = [{k: v for k, v in t.items() if k != "round"} for t in report.trials]
     steps, trials = [report.step], [{**t, "round": 1} for t in report.trials]
     params, stopped, last = list(mp.masks), None, report.final
     repair_enc = retain_enc.take(np.arange(min(len(retain_enc), FOLLOW_UP_RETAIN)))
@@ -904,6 +917,43 @@ def _so_steps(task, mp: MaskedParams, mg, forget_enc: Encoded, retain_enc: Encod
         report.work = work.to_json()
     report.params_changed = mp.changed()
     return report
+
+
+def _start_log_probs(model: TaskModel, enc: Encoded, batch_size: int) -> torch.Tensor:
+    """The model's log-probabilities on ``enc`` (CPU, in ``enc``'s order)."""
+    out = []
+    model.model.eval()
+    with torch.no_grad():
+        for x, _ in enc.batches(batch_size, model.device):
+            out.append(torch.log_softmax(model.logits(x).float(), -1).cpu())
+    return torch.cat(out)
+
+
+def _distil_follow_up(ws: Workspace, task: TaskModel, start_model: TaskModel, mp: MaskedParams,
+                      smp: RequestSamples, config: UnlearnConfig, evaluate, target: Target, report: UpdateReport,
+                      work: Work) -> bool:
+    """After a first ``so`` step that stopped short of the target, the distilled push (:mod:`mape.distil`) from
+    there instead of ``so`` follow-ups, held to the starting model's predictions on the retain sample; ``report``
+    records it. False (nothing done) when the run's work budget cannot pay for its first block of steps (the
+    BBC presets: half a retrain's work is 1.5 epochs there, less than a block after the search): then the
+    cheaper ``so`` follow-ups run."""
+    from mape.distil import distil_steps, first_block_work
+
+    if report.final is None or not work.fits(len(smp.retain_enc) + first_block_work(
+            len(smp.forget_enc), len(smp.retain_enc), smp.trial_work, len(smp.forget_enc))):
+        return False
+    ref_logp = _start_log_probs(start_model, smp.retain_enc, config.batch_size)
+    work.spend(len(smp.retain_enc))
+    left = lambda: _still_to_forget(task, smp.forget_enc, target, config.batch_size)[0]  # noqa: E731
+    out = distil_steps(task, mp, smp.forget_enc, smp.retain_enc, ref_logp, config.lr or ws.preset.recipe.lr,
+                       config.seed, evaluate, target, report.final, left, work, smp.trial_work, len(smp.forget_enc))
+    report.trials = (report.trials or []) + out["trials"]
+    report.final = out["final"]
+    report.reached_target = target.met(out["final"])
+    report.distil = {"steps": out["steps"], "taken": out["taken"], "stopped": out["stopped"]}
+    if report.step_seconds is not None:
+        report.step_seconds.append(out["seconds"])
+    return True
 
 
 def unlearn_successively(ws: Workspace, specs: list[str], config: UnlearnConfig | None = None,

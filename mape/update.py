@@ -238,6 +238,7 @@ class UpdateReport:
     stopped: str | None = None  # why follow-up steps ended early (so auto), if they did
     step_seconds: list | None = None  # so auto: seconds of the first step and of each follow-up
     work: dict | None = None  # so auto follow-ups: {"budget", "spent"} in forward-example units (see Work)
+    distil: dict | None = None  # so auto: the distilled push after steps that stopped short (mape.distil)
 
     def to_json(self) -> dict:
         out = {"rule": self.rule, "step": self.step, "auto": self.auto, "trials": self.trials,
@@ -250,6 +251,8 @@ class UpdateReport:
             out["step_seconds"] = [round(x, 3) for x in self.step_seconds]
         if self.work is not None:
             out["work"] = self.work
+        if self.distil is not None:
+            out["distil"] = self.distil
         return out
 
 

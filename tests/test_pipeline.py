@@ -195,6 +195,7 @@ def test_so_follow_up_steps_use_the_examples_not_yet_forgotten(bbc_ws, monkeypat
                         lambda ws, forget, ra, tol, *rest: Target(-1.0, ra, tol))
     monkeypatch.setattr(pipeline, "_no_follow_up", lambda *args: None)
     monkeypatch.setattr(pipeline, "RUN_WORK_SHARE", float("inf"))
+    monkeypatch.setattr(pipeline, "_distil_follow_up", lambda *args: False)  # the so follow-ups, not mape.distil
     passes, real = [], scoring._gate_pass
 
     def recording(task, enc, *args, **kw):

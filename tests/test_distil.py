@@ -1,0 +1,70 @@
+"""Issue 27 item 4: the distilled push (mape.distil) that follows a first so step that stopped short."""
+
+import numpy as np
+import torch
+
+from mape.adapters import unit_param_masks
+from mape.distil import DISTIL_EVERY, distil_steps, first_block_work, push_loss
+from mape.update import Check, MaskedParams, Target, Work, check
+from tests.tiny import tiny_bert, tiny_data
+
+
+def _setup():
+    task = tiny_bert(3, seed=0, arch="vit")
+    forget, retain = tiny_data(12, 3, seed=1, image=True), tiny_data(48, 3, seed=2, image=True)
+    forget = type(forget)(forget.inputs, torch.zeros(len(forget), dtype=torch.long))  # all labelled 0
+    a = task.adapter
+    heads = torch.zeros(a.num_layers, a.num_heads, dtype=torch.bool)
+    heads[0, 1] = True
+    filters = torch.zeros(a.num_layers, a.num_filters, dtype=torch.bool)
+    filters[:, :6] = True
+    mp = MaskedParams(unit_param_masks(a, heads, filters))
+    with torch.no_grad():
+        ref = torch.log_softmax(task.logits(retain.inputs).float(), -1)
+    return task, forget, retain, mp, ref
+
+
+def _run(task, forget, retain, mp, ref, target, budget=1e9, seed=0):
+    evaluate = lambda: check(task, forget, retain)  # noqa: E731
+    start = evaluate()
+    work = Work(budget)
+    left = lambda: np.flatnonzero(task.predict_proba(forget).argmax(1) == 0)  # noqa: E731
+    out = distil_steps(task, mp, forget, retain, ref, 2e-3, seed, evaluate, target, start, left, work,
+                       trial_work=len(forget) + len(retain), scan_work=len(forget))
+    return out, start, work
+
+
+def test_push_loss_is_zero_off_the_label_and_large_on_it():
+    logits = torch.tensor([[10.0, 0.0, 0.0], [-10.0, 0.0, 0.0]])
+    y = torch.zeros(2, dtype=torch.long)
+    on, off = push_loss(logits[:1], y[:1]), push_loss(logits[1:], y[1:])
+    assert float(on) > 5 and float(off) < 1e-3
+
+
+def test_distil_moves_only_selected_entries_pushes_the_forget_set_and_repeats_exactly():
+    task, forget, retain, mp, ref = _setup()
+    frozen = {n: p.detach().clone() for n, p in task.model.named_parameters()}
+    target = Target(forget_acc=0.0, retain_acc=1.0, tolerance=1.0)  # any retain accuracy is feasible here
+    out, start, work = _run(task, forget, retain, mp, ref, target)
+    assert out["final"].forget_acc <= start.forget_acc
+    assert out["taken"] % DISTIL_EVERY == 0 and 0 < work.spent <= work.budget
+    for n, p in task.model.named_parameters():  # everything outside the selection is bit-identical
+        m = next((mk for q, mk in mp.masks.items() if q is p), None)
+        outside = ~m if m is not None else torch.ones_like(p, dtype=torch.bool)
+        assert torch.equal(p.detach()[outside], frozen[n][outside])
+    after = {n: p.detach().clone() for n, p in task.model.named_parameters()}
+    task2, forget2, retain2, mp2, ref2 = _setup()
+    _run(task2, forget2, retain2, mp2, ref2, target)
+    assert all(torch.equal(after[n], p.detach()) for n, p in task2.model.named_parameters())
+
+
+def test_distil_keeps_the_start_when_no_check_is_feasible_and_never_outspends_its_budget():
+    task, forget, retain, mp, ref = _setup()
+    before = {p: p.detach().clone() for p in mp.masks}
+    strict = Target(forget_acc=0.0, retain_acc=2.0, tolerance=0.0)  # nothing is feasible: no check is better
+    out, start, _ = _run(task, forget, retain, mp, ref, strict)
+    assert out["steps"] == 0 and out["final"] is start
+    assert all(torch.equal(p.detach(), v) for p, v in before.items())  # back at the start
+    small = first_block_work(len(forget), len(retain), len(forget) + len(retain), len(forget)) - 1
+    out, _, work = _run(task, forget, retain, mp, ref, Target(0.0, 1.0, tolerance=1.0), budget=small)
+    assert out["taken"] == 0 and work.spent == 0 and out["stopped"].startswith("work")
