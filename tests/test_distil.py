@@ -5,7 +5,7 @@ import torch
 
 from mape.adapters import unit_param_masks
 from mape.distil import DISTIL_EVERY, distil_steps, first_block_work, push_loss
-from mape.update import Check, MaskedParams, Target, Work, check
+from mape.update import MaskedParams, Target, Work, check
 from tests.tiny import tiny_bert, tiny_data
 
 
