@@ -64,7 +64,8 @@ class Preset:
 
     def data_dir(self, data_dir: str | None) -> Path | None:
         """The data folder of a local preset: the folder named by ``--data``/``MAPE_DATA_DIR`` (itself or its
-        ``dataset_id`` subfolder) when one is named, else ``shared/data`` beside the package."""
+        ``dataset_id`` subfolder) when one is named, else ``../shared/data``: the folder ``shared/data`` beside the
+        checkout (the repository's parent folder), where the README puts the SST-2 and AG News splits."""
         root, _ = _named_data_folder(data_dir)
         if self.kind != "local":
             return Path(root) if root else None

@@ -167,9 +167,10 @@ class Target:
         to −0.8 for at least a quarter) is one a membership attack reads, and a retrained model does not take.
         The separation is a rank statistic of the model's own retain against its own unseen losses, so it
         ignores a change of confidence that moves both alike — which retraining does: without BBC
-        ``class:sport`` the retrained model's retain losses rank +0.47 above the original's and its test
-        losses +0.40, while its separation is +0.044 against the original's +0.031 (vit-mnist ``class:3``:
-        +0.22, +0.17; separation +0.063 against +0.066). With a focus (D_f is part of its classes), at most
+        ``class:sport`` the retrained model's retain losses rank +0.47 above the original's and its unseen
+        losses +0.39, while its separation is +0.060 against the original's +0.052 (vit-mnist ``class:3``:
+        +0.22, +0.15; separation +0.095 against +0.089; seed 0, the check samples of the quality gate's cases,
+        ``bench/results/separation-gate-cases-seed0.md``). With a focus (D_f is part of its classes), at most
         :meth:`class_flips_allowed` of the retained examples of those classes may turn wrong: the whole
         retain check hides a step that breaks the rest of the class (BBC ``class:tech:120`` seed 0: retain
         check 99.2 → 98.0 %, tech test accuracy 97 → 87.5 %)."""
