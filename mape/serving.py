@@ -413,11 +413,14 @@ def _prep_emitter(emit):
 
 
 @gpu(duration=180)
-def run(preset: str, spec: str, cfg: dict, live: bool = False) -> Iterator[tuple]:
+def run(preset: str, spec: str, cfg: dict, live: bool = False, base: dict | None = None) -> Iterator[tuple]:
     """Generator of run events: ("prep", stage, frac), ("ready", info), ("progress", stage, frac),
     ("selection", stage, frac, heads, filters, head_scores, label, swaps), finally ("done", payload) or
     ("error", message) / ("cancelled",). ``live``: the page's run, measured on seeded samples of
-    :data:`LIVE_EVAL_SAMPLE` retain and test examples (the API and the CLI measure the full splits)."""
+    :data:`LIVE_EVAL_SAMPLE` retain and test examples (the API and the CLI measure the full splits).
+    ``base``: the next request of a session's chain (:func:`mape.chain.base_of`): the run starts from a
+    private copy of the original plus ``base["delta"]``, with ``base["forgotten"]`` already forgotten; the
+    payload's delta is then the accumulated one and its "chain" lists every request (None: a new chain)."""
     from mape.pipeline import UnlearnConfig, unlearn
 
     def work(emit, cancel):
@@ -425,6 +428,7 @@ def run(preset: str, spec: str, cfg: dict, live: bool = False) -> Iterator[tuple
         emit(("ready", info(preset, served)))
         emit(("progress", "measuring the original model", 0.0))
         view = _working_copy(served, LIVE_EVAL_SAMPLE if live else None)
+        start, earlier = _chain_start(preset, base, view.device)
 
         def progress(stage, frac, selection=None):
             if cancel.is_set():
@@ -435,9 +439,9 @@ def run(preset: str, spec: str, cfg: dict, live: bool = False) -> Iterator[tuple
                 emit(("selection", stage, frac, selection.heads.copy(), selection.filters.copy(),
                       selection.head_scores, selection.stage, selection.swaps))
 
-        res = unlearn(view, spec, UnlearnConfig(**cfg), progress)
+        res = unlearn(view, spec, UnlearnConfig(**cfg), progress, base=start, already_forgotten=earlier)
         emit(("progress", "predictions before/after", 0.5))
-        return _finish_run(view, res, live, preset)
+        return _chain_step(_finish_run(view, res, live, preset, earlier), res, base)
 
     yield from _stream(work)
 
@@ -460,11 +464,14 @@ def _predict_split(task, view, group: str, idx: np.ndarray) -> np.ndarray:
     return task.predict_proba((view.full_test_enc if group == "test" else view.train_enc).take(idx))
 
 
-def _finish_run(view, res, live: bool, name: str) -> dict:
-    """Everything a session keeps of a run, as CPU/NumPy data."""
+def _finish_run(view, res, live: bool, name: str, earlier: np.ndarray | None = None) -> dict:
+    """Everything a session keeps of a run, as CPU/NumPy data. ``earlier``: the indices a chain's earlier
+    requests forgot (the retain examples exclude them; "forget_indices" holds them too, for the retrain
+    reference trained without all of them)."""
     forget, sel = res.forget_set, res.selection_obj
     ds = view.dataset
-    retain_idx = view.retain_eval_indices(forget.indices)
+    forgotten = forget.indices if earlier is None else np.union1d(forget.indices, earlier)
+    retain_idx = view.retain_eval_indices(forgotten)
     samples = S.pick_samples(np.asarray(ds.train.y), np.asarray(ds.test.y), forget.indices, retain_idx,
                              forget.forget_class)
     result = S.to_jsonable(res.to_json())
@@ -479,7 +486,7 @@ def _finish_run(view, res, live: bool, name: str) -> dict:
         "head_scores": np.asarray(sel.head_scores, dtype=np.float32),
         "filter_scores": np.asarray(sel.filter_scores, dtype=np.float32),
         "samples": samples, "probs": _sample_probs(view, res, samples),
-        "forget_indices": np.asarray(forget.indices), "has_retrain": res.retrained is not None,
+        "forget_indices": np.asarray(forgotten), "has_retrain": res.retrained is not None,
     }
 
 
@@ -644,3 +651,35 @@ def original_weights(name: str) -> dict[str, np.ndarray]:
     served = _served(name)
     with served.original.lock:
         return {k: v.detach().cpu().numpy().copy() for k, v in served.ws.task.model.state_dict().items()}
+
+
+# --------------------------------------------------------------------------- successive requests (mape.chain)
+
+
+def _chain_start(name: str, base: dict | None, device) -> tuple:
+    """(model to start from, indices already forgotten) of a chain's next request: a private copy of the
+    original with the chain's accumulated delta applied, or (None, None) for a first request."""
+    if base is None:
+        return None, None
+    task = _unlearned_copy(name, base["delta"])
+    if ZERO_GPU:
+        task.to(device)
+    return task, np.asarray(base["forgotten"], dtype=np.int64)
+
+
+def _chain_step(payload: dict, res, base: dict | None) -> dict:
+    """The run's payload with its chain: the earlier requests (``base["steps"]``) and this one."""
+    from mape import chain as CH
+
+    steps = list(base["steps"]) if base else []
+    steps.append(CH.new_step(payload["result"], payload["heads"], payload["filters"], res.forget_set.indices))
+    about = CH.about(steps, len(payload["forget_indices"]))
+    if about:
+        payload["result"]["chain"] = about
+    payload["chain"] = steps
+    return payload
+
+
+def chained_weights(name: str, delta: dict) -> dict[str, np.ndarray]:
+    """A NumPy copy of the weights of the original plus ``delta`` (rebuilt on a private copy; for checks)."""
+    return {k: v.detach().cpu().numpy().copy() for k, v in _unlearned_copy(name, delta).model.state_dict().items()}

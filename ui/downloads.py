@@ -1,4 +1,5 @@
-"""⑨ Downloads: the results JSON, the masks (safetensors) and, for small models, the unlearned model."""
+"""⑨ Downloads: the results JSON (after successive requests: every request), the masks (safetensors) and, for
+small models, the unlearned model (after successive requests: after all of them)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from types import SimpleNamespace
 
 import gradio as gr
 
-from mape import app_support as S, serving
+from mape import app_support as S, chain as CH, serving
 from mape.errors import MapeError
 from ui.common import EXPLAIN, tmp_folder
 
@@ -34,7 +35,7 @@ def outputs(page) -> list:
 def show(page, run: dict, meta: dict) -> dict:
     D = page.downloads
     folder = tmp_folder("run-")
-    json_path = S.write_results_json(run["result"], folder)
+    json_path = S.write_results_json(CH.results_json(run), folder)  # a chain: every request
     masks_path = S.write_masks(run["heads"], run["filters"], folder, run["head_scores"], run["filter_scores"], meta)
     small = S.model_size_mb(run["result"]["params"]["total"]) < S.MODEL_FILE_LIMIT_MB
     label = ("Build unlearned model (.safetensors)" if small

@@ -80,10 +80,11 @@ def forget_spec_of(preset_name: str, spec: str, owner) -> str:
     return spec if owner == preset_name else S.compose_spec(*default_kv(preset_name))
 
 
-def run(page, preset_name, spec, owner, values, flags, progress):
-    """The Run handler's work (also a lesson's, ui.lessons): page updates from the checks of the request to
-    every section's view of the finished run (the last update holds ``page.live.state``). ``values``: the
-    method settings in :func:`ui.method.config`'s order."""
+def run(page, preset_name, spec, owner, values, flags, progress, base: dict | None = None):
+    """The Run handler's work (also a lesson's, ui.lessons, and "Forget more from this model", ui.chain):
+    page updates from the checks of the request to every section's view of the finished run (the last
+    update holds ``page.live.state``). ``values``: the method settings in :func:`ui.method.config`'s order.
+    ``base``: the chain to continue (:func:`mape.chain.base_of`; None: start from the original)."""
     L = page.live
     flags["stop"] = False
     spec = forget_spec_of(preset_name, spec, owner)
@@ -96,10 +97,11 @@ def run(page, preset_name, spec, owner, values, flags, progress):
         return
     t0 = time.perf_counter()
     progress(0.0, desc="starting")
-    yield {L.status: fmt_status("busy", f"Starting: forgetting {spec} on {title_of(preset_name)}…"),
+    start = f" (request {len(base['steps']) + 1}, from the model after the earlier ones)" if base else ""
+    yield {L.status: fmt_status("busy", f"Starting: forgetting {spec} on {title_of(preset_name)}{start}…"),
            **results.hide_reading(page)}  # a lesson's reading belongs to the lesson's run
     view = _LiveView(page, preset_name, progress)
-    events = serving.run(preset_name, spec, cfg, live=True)
+    events = serving.run(preset_name, spec, cfg, live=True, base=base)
     for event in events:
         if flags.get("stop"):
             events.close()  # the engine stops at its next progress report (a preparation goes on)
@@ -168,14 +170,17 @@ def show_run(page, run: dict, wall_s: float) -> dict:
     """Every section's view of a finished run, and the session state that keeps it."""
     L, result = page.live, run["result"]
     timing = result["timing"]
-    done = (f"Done in {wall_s:.1f} s: forgot {result['forget']['spec']} ({result['forget']['size']} examples) on "
-            f"{title_of(run['preset'])} (search {timing['search_s']:.1f} s, update {timing['update_s']:.1f} s"
+    request = f"request {len(run['chain'])}: " if len(run.get("chain") or ()) > 1 else ""
+    done = (f"Done in {wall_s:.1f} s: {request}forgot {result['forget']['spec']} ({result['forget']['size']} "
+            f"examples) on {title_of(run['preset'])} (search {timing['search_s']:.1f} s, "
+            f"update {timing['update_s']:.1f} s"
             + (f", retrain {timing['retrain_s']:.1f} s" if "retrain_s" in timing else "") + ").")
     hf, ff, cf = heat_figures(run["heads"], run["filters"], run["head_scores"], "final")
     state = {k: run[k] for k in ("preset", "result", "delta", "run_key", "heads", "filters", "samples",
                                  "forget_indices", "has_retrain")}
+    state["chain"] = run.get("chain") or []  # successive requests (ui.chain, mape.chain)
     state["model_meta"] = {"preset": result["preset"], "scenario": serving.split_name(run["preset"])[1],
-                           "forget": result["forget"]["spec"],
+                           "forget": " then ".join(s["spec"] for s in state["chain"]) or result["forget"]["spec"],
                            "objective": result["config"]["objective"], "sparsity": result["config"]["sparsity"]}
     out = {L.status: fmt_status("done", done), L.heads: hf, L.filters: ff, L.counts: cf,
            page.model.status: model_status(run["preset"]), L.run_id: time.time_ns()}

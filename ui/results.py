@@ -64,6 +64,15 @@ def summary_markdown(result: dict) -> str:
                 else f"corner patch → {sc['target']}" if sc.get("trigger") == "patch" else "wrong labels")
         text += (f"\n\n**Training data:** scenario `{sc['spec']}` ({sc['size']} altered examples, {what}); the "
                  "original was trained on it, a retrained reference without the forget set.")
+    ch = result.get("chain")
+    if ch:  # successive requests (ui.chain)
+        retrain = (f" *Retrain* a model retrained without all {ch['forgotten_total']:,} examples the "
+                   f"{ch['request']} requests forgot;" if "retrain" in result["metrics"] else "")
+        earlier = ", then ".join(f"`{s}`" for s in ch["earlier"])
+        text += (f"\n\n**Request {ch['request']} of a chain:** it started from the model after {earlier}, not from "
+                 "the original. In the table, *Original (before)* is the original model, before every request; "
+                 f"*MAPE (unlearned)* the model after all {ch['request']} requests;{retrain} all measured on this "
+                 "request's forget set.")
     ev = result.get("evaluation")
     if ev:
         text += (f"\n\n**Measured on:** the forget set, {ev['retain_examples']:,} retain and {ev['test_examples']:,} "
