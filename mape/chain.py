@@ -141,11 +141,12 @@ def overlap_text(steps: list[dict]) -> str:
 
 
 def overlap_figure(steps: list[dict]) -> go.Figure:
-    """Heads (top) and FFN filters (bottom), layers × units, coloured by who selected them."""
+    """Heads (top) and FFN filters (bottom), layers × units (every filter, not binned), coloured by which
+    requests selected them: earlier ones only, the last one only, or both."""
     ov = overlap(steps)
     heads, filters = ov["heads"]["codes"], ov["filters"]["codes"]
     n_layers = heads.shape[0]
-    fig = make_subplots(rows=2, cols=1, vertical_spacing=0.16,
+    fig = make_subplots(rows=2, cols=1, vertical_spacing=0.2,
                         subplot_titles=("Attention heads", f"FFN filters ({filters.shape[1]:,} per layer)"))
     scale = []
     for code in (NONE, EARLIER, THIS, BOTH):
@@ -164,9 +165,7 @@ def overlap_figure(steps: list[dict]) -> go.Figure:
     title = (f"Units selected · request {len(steps)}: this only {h['this'] + f['this']:,}, "
              f"both {h['both'] + f['both']:,}, earlier only {h['earlier'] + f['earlier']:,}")
     fig.update_layout(title=dict(text=title, font=dict(size=14)), height=max(360, 150 + 44 * n_layers),
-                      margin=dict(l=70, r=20, t=70, b=40), plot_bgcolor="white",
-                      legend=dict(orientation="h", y=-0.08, x=0.5, xanchor="center"))
-    fig.update_yaxes(autorange="reversed")
-    fig.update_xaxes(title_text="head", row=1, col=1, dtick=1 if heads.shape[1] <= 32 else None)
-    fig.update_xaxes(title_text="filter", row=2, col=1)
+                      margin=dict(l=70, r=20, t=70, b=60), plot_bgcolor="white",
+                      legend=dict(orientation="h", y=-0.12, x=0.5, xanchor="center"))
+    fig.update_xaxes(row=1, col=1, dtick=1 if heads.shape[1] <= 32 else None)  # layer 0 at the bottom, as in ④
     return fig

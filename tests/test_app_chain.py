@@ -1,0 +1,95 @@
+"""Successive requests in the browser (issue 28 item 2; Playwright + Debian's chromium, as tests/test_app_browser.py):
+a run, then "Forget more from this model" on another forget set, show a timeline of two requests whose last row
+states the metrics table's numbers, the heatmap of the units earlier requests / this one / both selected, and a
+results JSON with both requests; "Back to the original" empties the timeline and the results.
+
+Presets: ``tiny-bbc`` by default; ``MAPE_TEST_APP_PRESETS=minilm-bbc,vit-mnist`` runs the real text preset.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+from tests.test_app_browser import (  # noqa: F401 - fixtures (browser, page, server) and the skip marks
+    PRESETS,
+    RUN_TIMEOUT_S,
+    browser,
+    page,
+    pytestmark,
+    run_and_wait,
+    screenshot,
+    server,
+    status_text,
+    textbox,
+    wait_until,
+)
+
+METRIC_CELLS = slice(4, 8)  # the timeline's FA, RA, TA and MIA cells
+
+
+def timeline_rows(pg) -> list[list[str]]:
+    rows = pg.locator("#chain-timeline tr.mape-chain-row")
+    return [[c.strip() for c in rows.nth(i).locator("td").all_inner_texts()] for i in range(rows.count())]
+
+
+def forget_more_and_wait(pg) -> float:
+    t0 = time.monotonic()
+    before = status_text(pg)
+    pg.click("#chain-more-btn")
+    wait_until(lambda: status_text(pg) != before, 120, "the request to start")
+    status = wait_until(lambda: (lambda t: t if ("Done" in t or "error" in t) else None)(status_text(pg)),
+                        RUN_TIMEOUT_S, "the request to finish")
+    assert "Done" in status, f"the request failed: {status}"
+    return time.monotonic() - t0
+
+
+def test_two_successive_requests_then_back_to_the_original(page, tmp_path):  # noqa: F811 - the fixture
+    assert not page.locator("#chain-more-btn").is_enabled()  # nothing to continue yet
+    box = textbox(page, "forget-value")
+    box.fill("16")
+    box.press("Enter")
+    seconds = run_and_wait(page)
+    print(f"first request ({PRESETS[0]}, random:16): {seconds:.1f} s")
+    wait_until(lambda: len(timeline_rows(page)) == 1, 60, "a timeline of one")
+    assert timeline_rows(page)[0][:2] == ["1", "random:16"]
+    wait_until(lambda: page.locator("#chain-more-btn").is_enabled(), 30, "the Forget more button")
+
+    box.fill("8")
+    textbox(page, "seed").fill("3")
+    box.press("Enter")
+    wait_until(lambda: "random:8" in page.inner_text("#forget-counts"), 60, "the preview of random:8")
+    seconds = forget_more_and_wait(page)
+    print(f"second request (random:8 from the unlearned model): {seconds:.1f} s")
+    assert "request 2: forgot random:8" in status_text(page), status_text(page)
+    wait_until(lambda: len(timeline_rows(page)) == 2, 60, "a timeline of two")
+    rows = timeline_rows(page)
+    assert [r[:2] for r in rows] == [["1", "random:16"], ["2", "random:8"]], rows
+    # the last row states the metrics table's numbers for the model after both requests
+    table = page.locator("#metrics-table .mape-row-unlearned .mape-num").all_inner_texts()
+    assert rows[1][METRIC_CELLS] == [t.strip() for t in table[:4]], (rows[1], table)
+    assert "Request 2 of a chain" in page.inner_text("#run-summary")
+    chain_status = page.inner_text("#chain-status")
+    assert "after 2 requests (random:16 → random:8)" in chain_status, chain_status
+    # the overlap heatmap: heads and filters, coloured by earlier / this / both
+    wait_until(lambda: "request 2" in page.inner_text("#chain-overlap"), 30, "the overlap heatmap")
+    assert page.locator("#chain-overlap svg.main-svg").count() >= 1
+    legend = page.inner_text("#chain-overlap")
+    for words in ("earlier requests only", "this request only", "earlier requests and this one"):
+        assert words in legend, legend
+
+    page.locator("#chain-overlap").scroll_into_view_if_needed()
+    screenshot(page, "chain")
+    with page.expect_download(timeout=60_000) as dl:
+        page.click("#dl-json")
+    res = json.loads(dl.value.path().read_text())
+    assert [r["forget"]["spec"] for r in res["requests"]] == ["random:16", "random:8"]
+    assert res["forget"]["spec"] == "random:8" and res["chain"]["request"] == 2
+
+    page.click("#chain-reset-btn")
+    wait_until(lambda: not timeline_rows(page), 30, "the emptied timeline")
+    assert "No request yet" in page.inner_text("#chain-timeline")
+    assert "Back to the original" in page.inner_text("#chain-status")
+    assert "Not started" in status_text(page)
+    assert page.locator("#metrics-table .mape-row-unlearned").count() == 0
+    wait_until(lambda: not page.locator("#chain-more-btn").is_enabled(), 30, "the disabled Forget more button")
