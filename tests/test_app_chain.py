@@ -46,6 +46,10 @@ def forget_more_and_wait(pg) -> float:
 
 def test_two_successive_requests_then_back_to_the_original(page, tmp_path):  # noqa: F811 - the fixture
     assert not page.locator("#chain-more-btn").is_enabled()  # nothing to continue yet
+    if all(p.startswith("tiny-") for p in PRESETS):  # quick runs: fewer retain examples, the warm start only
+        page.get_by_text("Advanced settings").click()
+        textbox(page, "retain-sample").fill("64")
+        textbox(page, "passes").fill("0")
     box = textbox(page, "forget-value")
     box.fill("16")
     box.press("Enter")

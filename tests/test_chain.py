@@ -89,6 +89,13 @@ def test_second_request_starts_from_the_first_model_and_the_original_stays(servi
     html = CH.timeline_html(steps)
     assert html.count('class="mape-chain-row"') == 2 and "class:sport:10" in html
 
+    # predictions after the chain use the chained model: a forget example's probabilities as the run measured
+    # them with the model after both requests
+    i = int(second["samples"]["forget"][0])
+    x, _ = serving.split_example(PRESET, "forget", i)
+    out = serving.predict(PRESET, {"run_key": second["run_key"], "delta": second["delta"], "forget_indices": None}, x)
+    np.testing.assert_allclose(out["unlearned"], second["probs"]["unlearned"]["forget"][0], atol=1e-5)
+
     # the download holds every request
     out = CH.results_json(_state(second))
     assert [r["forget"]["spec"] for r in out["requests"]] == ["random:8", "class:sport:10"]
