@@ -6,7 +6,7 @@
 One page, top to bottom: lessons (one-click experiments that fill in the controls below and run), model &
 data, forget set, method, run (live mask search), results, predictions before/after, attributions, "Compare
 methods" (against retraining), downloads, and "About the method" — one module per section in ``ui/``. The
-models the page uses live in :mod:`mape.serving`, the only code that touches them. The run is also the API
+models the page uses live in :mod:`mape.serving.owner`, the only code that touches them. The run is also the API
 endpoint ``unlearn`` (gradio_client: ``Client(url).predict(preset, forget, objective, sparsity, update, seed,
 retrain, scenario, api_name="/unlearn")`` returns the results JSON of ``python -m mape unlearn``), the
 comparison the endpoint ``compare`` (``predict(preset, forget, methods, seeds, sparsity, relearn_steps,
@@ -29,8 +29,8 @@ import threading
 
 import gradio as gr
 
-from mape import serving
-from mape.serving import ON_GPU  # noqa: F401 - part of the app's surface (tests, scripts)
+from mape.serving import owner as serving
+from mape.serving.owner import ON_GPU  # noqa: F401 - part of the app's surface (tests, scripts)
 from ui import (
     about,
     api,
@@ -97,7 +97,7 @@ def _set_look(demo: gr.Blocks) -> None:
 def server_settings() -> dict:
     port = os.environ.get("PORT") or os.environ.get("GRADIO_SERVER_PORT") or "7860"
     host = "0.0.0.0" if os.environ.get("SPACE_ID") else os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1")
-    # uploads are capped by the server too (the image check in app_support refuses more than 10 MB)
+    # uploads are capped by the server too (the image check in mape.serving.uploads refuses more than 10 MB)
     return {"server_name": host, "server_port": int(port), "max_file_size": "10mb"}
 
 
