@@ -20,12 +20,12 @@ from tests.test_app_browser import (  # noqa: F401 - pytest fixtures and the mod
 )
 
 
-def plot_title(page, elem_id: str) -> str:
-    loc = page.locator(f"#{elem_id} .gtitle")
+def plot_title(pg, elem_id: str) -> str:
+    loc = pg.locator(f"#{elem_id} .gtitle")
     return loc.first.text_content() if loc.count() else ""
 
 
-def test_head_and_filter_drill_down_after_a_run(page):
+def test_head_and_filter_drill_down_after_a_run(page):  # noqa: F811 - the imported fixture
     seconds = run_and_wait(page)
     print(f"run ({PRESETS[0]}): {seconds:.1f} s")
     info = wait_until(lambda: (lambda t: t if "selected" in t else None)(page.inner_text("#unit-head-info")), 30,
@@ -52,6 +52,18 @@ def test_head_and_filter_drill_down_after_a_run(page):
     assert page.locator("#unit-filter-plot g.trace.boxes").count() == 2
     assert "Mean activation" in page.inner_text("#unit-filter-info")
     screenshot(page, "unit")
+
+    # a click on a cell of the run's head heatmap (layer 0 at the bottom) picks that head
+    n_layers, n_heads = page.locator("#heads-plot .ytick").count(), page.locator("#heads-plot .xtick").count()
+    want_layer, want_head = n_layers - 2, n_heads - 3
+    page.locator("#heads-plot").scroll_into_view_if_needed()
+    box = page.locator("#heads-plot .nsewdrag").first.bounding_box()
+    page.mouse.click(box["x"] + (want_head + 0.5) / n_heads * box["width"],
+                     box["y"] + box["height"] - (want_layer + 0.5) / n_layers * box["height"])
+    wait_until(lambda: f"Head {want_head} of layer {want_layer}:" in page.inner_text("#unit-head-info"), 30,
+               "the clicked head")
+    assert textbox(page, "unit-head-layer").input_value() == str(want_layer)
+    assert textbox(page, "unit-head").input_value() == str(want_head)
 
     # a head that does not exist: a clear message, and the plots stay
     box = textbox(page, "unit-head")

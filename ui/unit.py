@@ -23,11 +23,37 @@ INTRO = ("Pick a unit of the last run. **Attention head**: where each token (for
          "input of the FFN down projection, where the filter gate sits), averaged over each example's tokens, on "
          "forget and retain examples.")
 HEAD_EMPTY, FILTER_EMPTY = "Head attention: after a run", "Filter activation: after a run"
+#: a click on a cell of the run's head heatmap (④) fills in the layer and head here. Gradio's plot component has
+#: no click event, so this listens to plotly's own ``plotly_click`` on the heatmap's element (re-attached when
+#: the figure is redrawn) and types the values in (an "input" event, as if typed: the unit line updates)
+HEAD_CLICK_JS = """
+() => {
+  if (window.mapeUnitClick) return [];
+  const set = (id, value) => {
+    const el = document.querySelector(`#${id} input`);
+    if (!el) return;
+    el.value = value;
+    el.dispatchEvent(new Event("input", {bubbles: true}));
+  };
+  window.mapeUnitClick = setInterval(() => {
+    const gd = document.querySelector("#heads-plot .js-plotly-plot");
+    if (!gd || gd.mapeUnitClick || typeof gd.on !== "function") return;
+    gd.mapeUnitClick = true;
+    gd.on("plotly_click", (ev) => {
+      const p = ev && ev.points && ev.points[0];
+      if (!p || typeof p.x !== "number" || typeof p.y !== "number") return;
+      set("unit-head-layer", p.y);
+      set("unit-head", p.x);
+    });
+  }, 1000);
+  return [];
+}
+"""
 
 
 def build(ctx) -> SimpleNamespace:
     gr.Markdown("## ⑤b Inside a selected unit", elem_classes=["mape-section"])
-    gr.Markdown(INTRO, elem_classes=["mape-sub"])
+    gr.Markdown(INTRO + " Click a cell of the run's head heatmap (④) to pick that head.", elem_classes=["mape-sub"])
     gr.Markdown("#### Attention head", elem_classes=["mape-sub"])
     with gr.Row():
         head_layer = gr.Number(0, label="Layer", precision=0, minimum=0, scale=1, elem_id="unit-head-layer")
@@ -61,6 +87,7 @@ def wire(page) -> None:
     u, P, state = page.unit, page.predictions, page.live.state
     private = dict(api_visibility="private")
     page.live.run_id.change(lambda s: on_run(page, s), state, outputs(page), queue=False, **private)
+    page.live.run_id.change(None, None, None, js=HEAD_CLICK_JS, queue=False, **private)
     for comp in (u.head_layer, u.head):
         comp.input(head_info, [u.head_layer, u.head, state], u.head_info, queue=False, **private)
     for comp in (u.filter_layer, u.filt):
