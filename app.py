@@ -4,7 +4,8 @@
     from app import demo, build_demo   # the Blocks, e.g. for tests or `gradio app.py`
 
 One page, top to bottom: lessons (one-click experiments that fill in the controls below and run), model &
-data, forget set, method, run (live mask search), results, predictions before/after, attributions, "Compare
+data, forget set, method, run (live mask search), results, inside a selected unit (a head's attention and a
+filter's activation before/after), predictions before/after, attributions, "Compare
 methods" (against retraining), downloads, and "About the method" — one module per section in ``ui/``. The
 models the page uses live in :mod:`mape.serving.owner`, the only code that touches them. The run is also the API
 endpoint ``unlearn`` (gradio_client: ``Client(url).predict(preset, forget, objective, sparsity, update, seed,
@@ -44,14 +45,15 @@ from ui import (
     model_data,
     predictions,
     results,
+    unit,
 )
 from ui.common import context, new_page
 from ui.model_data import model_status  # noqa: F401 - part of the app's surface (tests, scripts)
 
 # the page's sections, top to bottom
 SECTIONS = (("lessons", lessons), ("model", model_data), ("forget", forget_set), ("method", method),
-            ("live", live_search), ("results", results), ("predictions", predictions), ("attributions", attributions),
-            ("compare", compare), ("downloads", downloads), ("about", about))
+            ("live", live_search), ("results", results), ("unit", unit), ("predictions", predictions),
+            ("attributions", attributions), ("compare", compare), ("downloads", downloads), ("about", about))
 
 THEME = gr.themes.Soft(primary_hue="orange", secondary_hue="slate", neutral_hue="slate")
 CSS = """
@@ -77,7 +79,7 @@ def build_demo(presets: list[str] | str | None = None, concurrency: int | None =
             setattr(page, name, section.build(ctx))
         model_data.wire(page, demo)
         forget_set.wire(page, demo)
-        for section in (live_search, predictions, attributions, compare, downloads, lessons):
+        for section in (live_search, predictions, attributions, unit, compare, downloads, lessons):
             section.wire(page)
         api.register(ctx)
     demo.queue(default_concurrency_limit=4, max_size=32)

@@ -44,7 +44,7 @@ def test_predictions_during_attributions_are_exact_and_leave_the_original_alone(
     before = serving.original_weights(PRESET)
     reference = serving.predict(PRESET, {"run_key": run["run_key"], "delta": run["delta"], "forget_indices": None},
                                 TEXT)
-    shared_embeddings = serving._served(PRESET).ws.task.model.get_input_embeddings()
+    shared_embeddings = serving.served_preset(PRESET).ws.task.model.get_input_embeddings()
     hooks_seen, errors, answers = [], [], []
     done = threading.Event()
 
@@ -86,7 +86,7 @@ def test_live_run_measures_on_seeded_samples_and_says_so(serving, tmp_path):
     assert ev["retain_examples"] == serving.LIVE_EVAL_SAMPLE
     assert run["result"]["forget"]["spec"] == "random:10" and run["result"]["config"]["seed"] == 3
     # the shown samples' original predictions are the memoised ones of the shared original
-    ws = serving._served(PRESET).ws
+    ws = serving.served_preset(PRESET).ws
     np.testing.assert_array_equal(run["probs"]["original"]["forget"],
                                   ws.original_train_probs(np.asarray(run["samples"]["forget"])))
     np.testing.assert_array_equal(run["probs"]["original"]["test"],
@@ -196,7 +196,7 @@ def test_zero_gpu_wraps_the_engine_and_touches_cuda_only_inside(monkeypatch):
     assert any(inside for _, inside in guard.calls), "the check never saw the engine ask for CUDA"
     outside = [name for name, inside in guard.calls if not inside]
     assert outside == [], f"CUDA touched outside spaces.GPU functions: {outside}"
-    assert zg._served(PRESET).ws.device.type == "cpu"  # the shared models stay on the CPU
+    assert zg.served_preset(PRESET).ws.device.type == "cpu"  # the shared models stay on the CPU
 
 
 # --------------------------------------------------------------------------- the app's shape
@@ -244,7 +244,7 @@ def test_a_scenario_is_served_under_its_own_name_with_its_own_data_and_original(
     clean_before = serving.original_weights(PRESET)
     serving.prepare_preset(name)
     assert serving.info(name)["scenario"] == "backdoor:cf:sport:8"
-    assert serving._served(name).ws.key != serving._served(PRESET).ws.key
+    assert serving.served_preset(name).ws.key != serving.served_preset(PRESET).ws.key
 
     events = list(serving.run(name, "poisoned", {"seed": 0, "retain_sample": 64}, live=True))
     assert events[-1][0] == "done", events[-1]
@@ -284,7 +284,7 @@ def test_the_originals_predictions_are_stored_once_and_read_back_by_a_restarted_
 
     from mape.base import cache
 
-    ws = serving._served(PRESET).ws
+    ws = serving.served_preset(PRESET).ws
     key = ws._probs_key()
     assert key is not None and cache.load_arrays("probs", key) is not None  # stored by the warm-up
 

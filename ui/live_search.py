@@ -173,7 +173,7 @@ def show_run(page, run: dict, wall_s: float) -> dict:
             + (f", retrain {timing['retrain_s']:.1f} s" if "retrain_s" in timing else "") + ").")
     hf, ff, cf = heat_figures(run["heads"], run["filters"], run["head_scores"], "final")
     state = {k: run[k] for k in ("preset", "result", "delta", "run_key", "heads", "filters", "samples",
-                                 "forget_indices", "has_retrain")}
+                                 "forget_indices", "has_retrain", "head_scores", "filter_scores")}
     state["model_meta"] = {"preset": result["preset"], "scenario": serving.split_name(run["preset"])[1],
                            "forget": result["forget"]["spec"],
                            "objective": result["config"]["objective"], "sparsity": result["config"]["sparsity"]}

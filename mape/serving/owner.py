@@ -122,7 +122,7 @@ def dataset(name: str):
         return _DATASETS[key]
 
 
-def _served(name: str, progress: Callable | None = None) -> _Served:
+def served_preset(name: str, progress: Callable | None = None) -> _Served:
     """The prepared preset: trained (first time) or loaded from the disk cache, then kept. Concurrent
     callers wait for one preparation; ``progress(stage, fraction)`` sees it either way."""
     key = _key(name)
@@ -163,8 +163,8 @@ def _prepare(name: str, key: tuple, progress: Callable | None) -> _Served:
 
 
 def prepare_preset(name: str, progress: Callable | None = None) -> dict:
-    """Prepare a preset (see :func:`_served`) and return :func:`info`."""
-    return info(name, _served(name, progress))
+    """Prepare a preset (see :func:`served_preset`) and return :func:`info`."""
+    return info(name, served_preset(name, progress))
 
 
 def warm_in_background(name: str) -> threading.Thread | None:
@@ -188,7 +188,7 @@ def warm_in_background(name: str) -> threading.Thread | None:
 
 
 def info(name: str, served: _Served | None = None) -> dict:
-    ws = (served or _served(name)).ws
+    ws = (served or served_preset(name)).ws
     a = ws.task.adapter
     return {"preset": ws.preset.name, "name": name, "scenario": split_name(name)[1],
             "n_train": len(ws.dataset.train), "n_test": len(ws.dataset.test),
@@ -215,7 +215,7 @@ def cached_on_disk(name: str) -> bool | None:
 
 def image_format(name: str):
     """The preset's image format (size, channels, normalisation): plain data."""
-    return _served(name).ws.task.image_format
+    return served_preset(name).ws.task.image_format
 
 
 # --------------------------------------------------------------------------- private copies
@@ -254,8 +254,8 @@ def _sampled_evaluation(view, n: int) -> None:
     view.retain_eval_indices = retain_sample
 
 
-def _unlearned_copy(name: str, delta: dict):
-    task = _served(name).original.copy()
+def unlearned_copy(name: str, delta: dict):
+    task = served_preset(name).original.copy()
     deltas.apply_delta(task.model, delta)
     return task
 
@@ -267,7 +267,7 @@ def _unlearned(name: str, run_key: str | None, delta: dict) -> SharedModel:
         if shared is not None:
             _UNLEARNED.move_to_end(run_key)
             return shared
-    shared = SharedModel(_unlearned_copy(name, delta))
+    shared = SharedModel(unlearned_copy(name, delta))
     if run_key:
         with _GUARD:
             _UNLEARNED[run_key] = shared
@@ -280,7 +280,7 @@ def _retrained(name: str, forget_indices) -> SharedModel | None:
     """The run's retrain reference from the disk cache (None if it is not there: never trains)."""
     from mape.run.workspace import cached_retrain, retrain_cache_key
 
-    served = _served(name)
+    served = served_preset(name)
     forgotten = np.asarray(forget_indices)
     key = (name, retrain_cache_key(served.ws, forgotten)[1])
     with _GUARD:
@@ -311,7 +311,7 @@ def run(preset: str, spec: str, cfg: dict, live: bool = False) -> Iterator[tuple
     from mape.run.unlearn import unlearn
 
     def work(emit, cancel):
-        served = _served(preset, prep_emitter(emit))
+        served = served_preset(preset, prep_emitter(emit))
         emit(("ready", info(preset, served)))
         emit(("progress", "measuring the original model", 0.0))
         view = _working_copy(served, LIVE_EVAL_SAMPLE if live else None)
@@ -340,7 +340,7 @@ def compare(preset: str, spec: str, req: dict) -> Iterator[tuple]:
     from mape.evaluation.compare import compare as compare_methods
 
     def work(emit, cancel):
-        view = _working_copy(_served(preset, prep_emitter(emit)))
+        view = _working_copy(served_preset(preset, prep_emitter(emit)))
 
         def progress(stage, frac):
             if cancel.is_set():
@@ -356,7 +356,7 @@ def compare(preset: str, spec: str, req: dict) -> Iterator[tuple]:
 # --------------------------------------------------------------------------- one input at a time
 
 
-def _encode_one(served: _Served, x):
+def encode_input(served: _Served, x):
     """One user input as model inputs (the tokenizer is shared too: encoded under the original's lock)."""
     import torch
 
@@ -384,7 +384,7 @@ def trigger_test(name: str, run: dict | None, x) -> dict:
     {model: probabilities}}, "trigger", "target"}."""
     from mape.data.scenarios import add_trigger
 
-    scenario = _served(name).ws.scenario
+    scenario = served_preset(name).ws.scenario
     if scenario is None or not scenario.is_backdoor:
         raise MapeError("The trigger tester needs a backdoor scenario (Model & data → Training data).")
     if scenario.is_patch:
@@ -397,8 +397,8 @@ def trigger_test(name: str, run: dict | None, x) -> dict:
 
 
 def _predict_models(preset: str, run: dict | None, x) -> dict[str, np.ndarray]:
-    served = _served(preset)
-    enc = _encode_one(served, x)
+    served = served_preset(preset)
+    enc = encode_input(served, x)
     out = {"original": served.original.predict(enc)[0]}
     if run is not None:
         out["unlearned"] = _unlearned(preset, run.get("run_key"), run["delta"]).predict(enc)[0]
@@ -412,10 +412,10 @@ def _predict_models(preset: str, run: dict | None, x) -> dict[str, np.ndarray]:
 def explain(preset: str, delta: dict | None, x, target: int | None) -> dict:
     """Integrated gradients before (original) and after (unlearned; not with ``delta=None``) for one
     input, each on a private copy of its model (Captum's hooks never sit on a shared model)."""
-    served = _served(preset)
+    served = served_preset(preset)
     out = {}
     for name in ("original",) + (("unlearned",) if delta is not None else ()):
-        task = served.original.copy() if name == "original" else _unlearned_copy(preset, delta)
+        task = served.original.copy() if name == "original" else unlearned_copy(preset, delta)
         out[name] = _attribute(served, task, x, target)
         if target is None:
             target = out[name]["target"]  # explain the original's prediction in both models
@@ -448,7 +448,7 @@ def _private_tokenizer(served: _Served):
 @gpu(duration=60)
 def export(preset: str, delta: dict, folder: str, meta: dict) -> str:
     """Write the unlearned model (rebuilt on a copy) as safetensors; returns the file's path."""
-    return str(files.write_model(_unlearned_copy(preset, delta).model, Path(folder), meta))
+    return str(files.write_model(unlearned_copy(preset, delta).model, Path(folder), meta))
 
 
 # --------------------------------------------------------------------------- read-only data for the page
@@ -468,6 +468,6 @@ def split_example(name: str, group: str, idx: int):
 
 def original_weights(name: str) -> dict[str, np.ndarray]:
     """A NumPy copy of the original model's weights (for checks that nothing changed them)."""
-    served = _served(name)
+    served = served_preset(name)
     with served.original.lock:
         return {k: v.detach().cpu().numpy().copy() for k, v in served.ws.task.model.state_dict().items()}
