@@ -113,7 +113,7 @@ def main(argv=None) -> int:
     from mape.method.adapters import unit_param_masks
     from mape.method.scoring import mask_gradients, unit_scores
     from mape.method.search import refine, search, warm_start
-    from mape.method.update import MaskedParams, Target, accuracy, so_direction, so_update
+    from mape.method.update import MaskedParams, Target, model_accuracy, so_direction, so_update
 
     cfg = SMALL if args.small else FULL
     task, forget, retain = build(cfg, dev, args.seed)
@@ -186,7 +186,7 @@ def main(argv=None) -> int:
                         retain.take(torch.arange(min(128, len(retain)))))
 
     def evaluate():
-        return accuracy(task, check_f), accuracy(task, check_r)
+        return model_accuracy(task, check_f), model_accuracy(task, check_r)
 
     def fixed():
         d = so_direction(mp, mgp.param_forget_grad, mgp.param_retain_fisher, 1.0)

@@ -240,10 +240,10 @@ def test_so_auto_step_picks_a_reported_trial():
     sel, mg = search(task, forget, retain, sparsity=0.5, batch_size=8, with_params=True)
     mp = MaskedParams(unit_param_masks(task.adapter, torch.as_tensor(sel.heads), torch.as_tensor(sel.filters)))
     d = so_direction(mp, mg.param_forget_grad, mg.param_retain_fisher)
-    from mape.method.update import accuracy
+    from mape.method.update import model_accuracy
 
     def evaluate():
-        return accuracy(task, forget), accuracy(task, retain)
+        return model_accuracy(task, forget), model_accuracy(task, retain)
 
     fa0, ra0 = evaluate()
     report = so_update(task, mp, d, "auto", evaluate, Target(forget_acc=0.0, retain_acc=ra0, tolerance=0.5))

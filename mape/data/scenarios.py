@@ -330,7 +330,7 @@ def scenario_metrics(ws, forget_indices: np.ndarray, probs_forget: np.ndarray,
     return out
 
 
-def forget_target(scenario: Scenario, train_y: np.ndarray, forget_indices: np.ndarray, pred: np.ndarray,
+def poisoned_forget_target(scenario: Scenario, train_y: np.ndarray, forget_indices: np.ndarray, pred: np.ndarray,
                   ys: np.ndarray) -> float:
     """Forget accuracy (against the training labels) a model that never saw D_f would score, on a scenario:
     per forget example, the share of unseen examples of its *true* class that the original predicts as

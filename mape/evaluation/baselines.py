@@ -62,7 +62,7 @@ from mape.method.iterative import iterative_update
 from mape.method.models import Encoded, TaskModel
 from mape.method.scoring import param_stats
 from mape.method.train import Recipe, embedding_params, train
-from mape.method.update import UPDATES, MaskedParams, Target, UpdateReport, accuracy, so_direction, so_update
+from mape.method.update import UPDATES, MaskedParams, Target, UpdateReport, model_accuracy, so_direction, so_update
 from mape.run.config import Progress
 
 if TYPE_CHECKING:
@@ -263,7 +263,7 @@ def relearn_curve(task: TaskModel, forget_enc: Encoded, steps: int = 5, recipe: 
         p.requires_grad_(p not in frozen)
     opt = torch.optim.AdamW(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
     torch.manual_seed(recipe.seed)
-    curve = [accuracy(work, eval_enc)]
+    curve = [model_accuracy(work, eval_enc)]
     epoch, done = 0, 0
     while done < steps:
         for x, y in forget_enc.batches(recipe.batch_size, device, shuffle_seed=recipe.seed * 1000 + epoch):
@@ -274,7 +274,7 @@ def relearn_curve(task: TaskModel, forget_enc: Encoded, steps: int = 5, recipe: 
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
             done += 1
-            curve.append(accuracy(work, eval_enc))
+            curve.append(model_accuracy(work, eval_enc))
             if done >= steps:
                 break
         epoch += 1

@@ -304,7 +304,7 @@ class MaskedParams:
         return int(sum(int((p.detach() != self.original[p]).sum()) for p in self.masks))
 
 
-def accuracy(task: TaskModel, enc: Encoded, batch_size: int = 64) -> float:
+def model_accuracy(task: TaskModel, enc: Encoded, batch_size: int = 64) -> float:
     if len(enc) == 0:
         return float("nan")
     probs = task.predict_proba(enc, batch_size)

@@ -60,9 +60,9 @@ def forget_target_estimate(ws: Workspace, forget: ForgetSet) -> tuple[float, str
     correct = probs.argmax(1) == ys
     fy = ws.train_y[forget.indices]
     if getattr(ws, "scenario", None) is not None:  # issue 15: altered examples are judged by their true class
-        from mape.data.scenarios import forget_target as scenario_forget_target
+        from mape.data.scenarios import poisoned_forget_target
 
-        return scenario_forget_target(ws.scenario, ws.train_y, forget.indices, probs.argmax(1), ys), \
+        return poisoned_forget_target(ws.scenario, ws.train_y, forget.indices, probs.argmax(1), ys), \
             f"original's accuracy on {where}"
     accs = [correct[ys == c].mean() if (ys == c).any() else correct.mean() for c in fy]
     return float(np.mean(accs)), f"original's accuracy on {where}"
