@@ -5,9 +5,10 @@
 
 One page, top to bottom: lessons (one-click experiments that fill in the controls below and run), model &
 data, forget set, method, run (live mask search), results (with successive requests: "Forget more from this
-model", a timeline and the units each request selected), predictions before/after, attributions, "Compare
+model", a timeline and the units each request selected), inside a selected unit (a head's attention and a
+filter's activation before/after), predictions before/after, attributions, "Compare
 methods" (against retraining), downloads, and "About the method" — one module per section in ``ui/``. The
-models the page uses live in :mod:`mape.serving`, the only code that touches them. The run is also the API
+models the page uses live in :mod:`mape.serving.owner`, the only code that touches them. The run is also the API
 endpoint ``unlearn`` (gradio_client: ``Client(url).predict(preset, forget, objective, sparsity, update, seed,
 retrain, scenario, api_name="/unlearn")`` returns the results JSON of ``python -m mape unlearn``), the
 comparison the endpoint ``compare`` (``predict(preset, forget, methods, seeds, sparsity, relearn_steps,
@@ -30,8 +31,8 @@ import threading
 
 import gradio as gr
 
-from mape import serving
-from mape.serving import ON_GPU  # noqa: F401 - part of the app's surface (tests, scripts)
+from mape.serving import owner as serving
+from mape.serving.owner import ON_GPU  # noqa: F401 - part of the app's surface (tests, scripts)
 from ui import (
     about,
     api,
@@ -46,13 +47,15 @@ from ui import (
     model_data,
     predictions,
     results,
+    unit,
 )
 from ui.common import context, new_page
 from ui.model_data import model_status  # noqa: F401 - part of the app's surface (tests, scripts)
 
 # the page's sections, top to bottom
 SECTIONS = (("lessons", lessons), ("model", model_data), ("forget", forget_set), ("method", method),
-            ("live", live_search), ("results", results), ("chain", chain), ("predictions", predictions),
+            ("live", live_search), ("results", results), ("chain", chain), ("unit", unit),
+            ("predictions", predictions),
             ("attributions", attributions), ("compare", compare), ("downloads", downloads), ("about", about))
 
 THEME = gr.themes.Soft(primary_hue="orange", secondary_hue="slate", neutral_hue="slate")
@@ -79,7 +82,7 @@ def build_demo(presets: list[str] | str | None = None, concurrency: int | None =
             setattr(page, name, section.build(ctx))
         model_data.wire(page, demo)
         forget_set.wire(page, demo)
-        for section in (live_search, chain, predictions, attributions, compare, downloads, lessons):
+        for section in (live_search, chain, predictions, attributions, unit, compare, downloads, lessons):
             section.wire(page)
         api.register(ctx)
     demo.queue(default_concurrency_limit=4, max_size=32)
@@ -99,7 +102,7 @@ def _set_look(demo: gr.Blocks) -> None:
 def server_settings() -> dict:
     port = os.environ.get("PORT") or os.environ.get("GRADIO_SERVER_PORT") or "7860"
     host = "0.0.0.0" if os.environ.get("SPACE_ID") else os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1")
-    # uploads are capped by the server too (the image check in app_support refuses more than 10 MB)
+    # uploads are capped by the server too (the image check in mape.serving.uploads refuses more than 10 MB)
     return {"server_name": host, "server_port": int(port), "max_file_size": "10mb"}
 
 

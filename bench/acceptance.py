@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import sys
 
-from mape.compare import CompareResult, open_saved
-from mape.errors import MapeError
+from mape.base.errors import MapeError
+from mape.evaluation.compare import CompareResult, open_saved
 
 MIA_POINTS = 10.0  # MAPE's MIA within this many points of retrain's
 CLASS_FORGET_PCT = 1.0  # whole class: forget accuracy at most this, every seed

@@ -90,7 +90,7 @@ with sync_playwright() as p:
             other = os.environ.get("MEASURE_PRESET")
             if other:
                 sys.path.insert(0, os.path.abspath(app_dir))
-                from mape.presets import PRESETS
+                from mape.data.presets import PRESETS
 
                 page.click("#preset input")
                 page.get_by_role("option", name=PRESETS[other].title).click()

@@ -2,7 +2,7 @@
 
     PYTHONPATH=. python bench/check_in_run.py minilm-bbc class:tech:120 2
 
-Times `mape.update.check` on the request's check samples: on a fresh clone of the original before the run,
+Times `mape.method.update.check` on the request's check samples: on a fresh clone of the original before the run,
 every check `unlearn` makes (step-size trials of the first step and of the follow-ups), on the model the run
 leaves behind, and on fresh clones afterwards. Written to rule out a slowdown that the search leaves in the
 model or the allocator as the reason some follow-ups run past their search on the clock (BENCHMARKS.md,
@@ -12,11 +12,14 @@ from __future__ import annotations
 import sys
 import time
 
-import mape.pipeline as pipeline
+import mape.run.targets as pipeline
 from bench.common import wall_times
-from mape.forget import select_forget
-from mape.pipeline import UnlearnConfig, prepare, request_samples, unlearn
-from mape.update import check
+from mape.data.forget import select_forget
+from mape.method.update import check
+from mape.run.config import UnlearnConfig
+from mape.run.targets import request_samples
+from mape.run.unlearn import unlearn
+from mape.run.workspace import prepare
 
 
 def timed(fn, repeats: int = 3) -> list[float]:

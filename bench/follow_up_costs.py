@@ -1,4 +1,4 @@
-"""Per-example cost of the passes the ``so`` follow-ups count (mape.update.GRAD_WORK).
+"""Per-example cost of the passes the ``so`` follow-ups count (mape.method.update.GRAD_WORK).
 
     PYTHONPATH=. python bench/follow_up_costs.py minilm-bbc class:tech:120
     PYTHONPATH=. python bench/follow_up_costs.py vit-mnist class:3
@@ -15,10 +15,11 @@ import sys
 import numpy as np
 
 from bench.common import wall_times
-from mape.forget import select_forget
-from mape.pipeline import prepare, request_samples
-from mape.scoring import _unit_params, mask_gradients, param_stats
-from mape.update import check
+from mape.data.forget import select_forget
+from mape.method.scoring import _unit_params, mask_gradients, param_stats
+from mape.method.update import check
+from mape.run.targets import request_samples
+from mape.run.workspace import prepare
 
 
 def best_of(fn, repeats: int = 2) -> float:

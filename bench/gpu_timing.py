@@ -11,10 +11,10 @@ token ids at sequence length 64, batch size 64 (``--small``: 2 layers × 4 heads
 Timed, each after one untimed warm-up run, with ``torch.cuda.synchronize()`` around every timing
 (median of ``--repeats``; peak memory = ``torch.cuda.max_memory_allocated`` after a reset, or the
 process's peak RSS on a CPU):
-  (a) one mask-gradient pass over the 2,176 examples (``mape.scoring.mask_gradients``: forget pass +
+  (a) one mask-gradient pass over the 2,176 examples (``mape.method.scoring.mask_gradients``: forget pass +
       retain pass), in fp32 and under bf16 autocast; also with the parameter statistics that the
       ``so`` update needs (``with_params=True``, the pipeline's setting);
-  (b) the full mask search ``mape.search.search`` (mask gradients + warm start + greedy block
+  (b) the full mask search ``mape.method.search.search`` (mask gradients + warm start + greedy block
       refinement), without and with the parameter statistics, and the warm start + refinement alone;
   (c) the ``so`` update: the preconditioned direction plus one step with a fixed η, and the ``auto``
       step-size search over the whole η grid (forward passes on 128 forget + 128 retain check examples).
@@ -70,7 +70,7 @@ def timed(fn, dev, repeats: int, warmup: int = 1) -> dict:
 def build(cfg: dict, dev, seed: int):
     import transformers as T
 
-    from mape.models import Encoded, TaskModel
+    from mape.method.models import Encoded, TaskModel
 
     torch.manual_seed(seed)
     config = T.BertConfig(hidden_size=cfg["hidden_size"], num_hidden_layers=cfg["num_hidden_layers"],
@@ -110,10 +110,10 @@ def main(argv=None) -> int:
         torch.backends.cuda.matmul.allow_tf32 = False  # honest fp32 numbers
         torch.backends.cudnn.allow_tf32 = False
 
-    from mape.adapters import unit_param_masks
-    from mape.scoring import mask_gradients, unit_scores
-    from mape.search import refine, search, warm_start
-    from mape.update import MaskedParams, Target, accuracy, so_direction, so_update
+    from mape.method.adapters import unit_param_masks
+    from mape.method.scoring import mask_gradients, unit_scores
+    from mape.method.search import refine, search, warm_start
+    from mape.method.update import MaskedParams, Target, model_accuracy, so_direction, so_update
 
     cfg = SMALL if args.small else FULL
     task, forget, retain = build(cfg, dev, args.seed)
@@ -186,7 +186,7 @@ def main(argv=None) -> int:
                         retain.take(torch.arange(min(128, len(retain)))))
 
     def evaluate():
-        return accuracy(task, check_f), accuracy(task, check_r)
+        return model_accuracy(task, check_f), model_accuracy(task, check_r)
 
     def fixed():
         d = so_direction(mp, mgp.param_forget_grad, mgp.param_retain_fisher, 1.0)

@@ -6,9 +6,9 @@ import sys
 import numpy as np
 from sklearn.linear_model import LogisticRegression
 
-from mape.forget import select_forget
-from mape.metrics import example_losses, mia_scores
-from mape.pipeline import prepare
+from mape.base.metrics import example_losses, mia_scores
+from mape.data.forget import select_forget
+from mape.run.workspace import prepare
 
 
 def old_mia(rp, ry, tp, ty, fp, fy, seed):

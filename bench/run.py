@@ -12,7 +12,7 @@
 Each run writes (or replaces) its own section of BENCHMARKS.md (``--output``), marked with HTML
 comments, with the command that produced it and the machine (CPU model, cores, torch version, GPU);
 the full results JSON goes to ``bench/results/`` (``--results-dir``). Quality tables come from
-:func:`mape.compare.compare`; the speed table times MAPE's search and update (and optionally other
+:func:`mape.evaluation.compare.compare`; the speed table times MAPE's search and update (and optionally other
 methods) against a fresh retrain (not the cache) on the same machine in the same run.
 
 Small smoke test (a minute or two on a CPU):
@@ -39,8 +39,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench.common import proc_status_mb, reset_peak_rss, sync as _sync  # noqa: E402
-from mape.errors import MapeError  # noqa: E402
-from mape.executors import add_executor_args  # noqa: E402
+from mape.base.errors import MapeError  # noqa: E402
+from mape.evaluation.executors import add_executor_args  # noqa: E402
 
 HEADER = """# Benchmarks
 
@@ -149,10 +149,10 @@ class PeakMemory:
 def cmd_quality(args) -> int:
     import torch
 
-    from mape.baselines import DEFAULT_METHODS, BaselineConfig, parse_methods
-    from mape.compare import compare, parse_seeds
-    from mape.executors import executor_from_args
-    from mape.pipeline import prepare
+    from mape.evaluation.baselines import DEFAULT_METHODS, BaselineConfig, parse_methods
+    from mape.evaluation.compare import compare, parse_seeds
+    from mape.evaluation.executors import executor_from_args
+    from mape.run.workspace import prepare
 
     methods = parse_methods(list(DEFAULT_METHODS) if args.methods == "all" else args.methods)
     seeds = parse_seeds(args.seeds)
@@ -200,7 +200,7 @@ def _write_quality_section(args, res, json_path: Path, n_train: int | None, wall
 
 def cmd_merge(args) -> int:
     """One quality section over the seeds of several ``quality`` runs of the same comparison."""
-    from mape.compare import CompareResult, merge_seeds
+    from mape.evaluation.compare import CompareResult, merge_seeds
 
     parts = [CompareResult.load(p) for p in args.inputs]
     res = merge_seeds(parts)
@@ -231,12 +231,13 @@ def cmd_speed(args) -> int:
     import numpy as np
     import torch
 
-    from mape.baselines import BaselineConfig, parse_methods, run_method
-    from mape.compare import machine_info
-    from mape.forget import select_forget
-    from mape.pipeline import device_name, prepare
-    from mape.presets import build_start_model
-    from mape.train import train
+    from mape.data.forget import select_forget
+    from mape.data.presets import build_start_model
+    from mape.evaluation.baselines import BaselineConfig, parse_methods, run_method
+    from mape.evaluation.rows import machine_info
+    from mape.method.train import train
+    from mape.run.config import device_name
+    from mape.run.workspace import prepare
 
     methods = parse_methods(args.methods)
     if args.threads:

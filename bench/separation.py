@@ -3,9 +3,9 @@
     PYTHONPATH=. python bench/separation.py                    # every quality-gate case, seed 0
     PYTHONPATH=. python bench/separation.py bbc-sport,mnist-3 0,1,2
 
-For each case of ``mape.gate.CASES`` (and seed): on the auto step's retain and unseen check samples, the
+For each case of ``mape.evaluation.gate.CASES`` (and seed): on the auto step's retain and unseen check samples, the
 separation P(ℓ_unseen > ℓ_retain) − ½ of the original and of the model retrained without D_f, the floor a step
-may not go below (the original's minus ``mape.update.separation_margin``), and — the quantity the old rule
+may not go below (the original's minus ``mape.method.update.separation_margin``), and — the quantity the old rule
 bounded — how far the retrained model's retain and unseen losses rank above the original's. A step rule must
 never refuse what a retrained model does: the retrained separation should sit above the floor on every case.
 Trains the retrained models that are not cached yet.
@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import sys
 
-from mape.forget import select_forget
-from mape.gate import select_cases
-from mape.metrics import rank_shift
-from mape.pipeline import prepare, request_samples, retrain_model
-from mape.update import separation, separation_margin
+from mape.base.metrics import rank_shift
+from mape.data.forget import select_forget
+from mape.evaluation.gate import select_cases
+from mape.method.update import separation, separation_margin
+from mape.run.targets import request_samples
+from mape.run.workspace import prepare, retrain_model
 
 
 def main(cases: str | None = None, seeds: str = "0") -> None:

@@ -12,8 +12,8 @@ import sys
 import time
 from pathlib import Path
 
-from mape.errors import MapeError
-from mape.executors import add_executor_args
+from mape.base.errors import MapeError
+from mape.evaluation.executors import add_executor_args
 
 
 class TqdmProgress:
@@ -134,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_gate(args) -> int:
-    from mape.gate import gate_passes, run_gate, select_cases, table_lines
+    from mape.evaluation.gate import gate_passes, run_gate, select_cases, table_lines
 
     cases = select_cases(args.cases)  # before any slow work
     progress = TqdmProgress(not args.quiet)
@@ -160,7 +160,7 @@ def cmd_gate(args) -> int:
 
 
 def cmd_merge(args) -> int:
-    from mape.compare import CompareResult, merge_seeds, summary_lines
+    from mape.evaluation.compare import CompareResult, merge_seeds, summary_lines
 
     res = merge_seeds([CompareResult.load(p) for p in args.inputs])
     json_path, md_path = res.save(args.out)
@@ -171,7 +171,7 @@ def cmd_merge(args) -> int:
 
 
 def cmd_presets(args) -> int:
-    from mape.presets import PRESETS
+    from mape.data.presets import PRESETS
 
     for p in PRESETS.values():
         ok, why = p.availability(args.data)
@@ -180,8 +180,8 @@ def cmd_presets(args) -> int:
 
 
 def _prepare(args):
-    from mape.pipeline import prepare
-    from mape.scenarios import check_forget_specs
+    from mape.data.scenarios import check_forget_specs
+    from mape.run.workspace import prepare
 
     check_forget_specs(_forget_specs(args), args.scenario)  # before any slow work
     progress = TqdmProgress(not args.quiet)
@@ -234,7 +234,8 @@ def _summary(result) -> str:
 
 
 def cmd_unlearn(args) -> int:
-    from mape.pipeline import UnlearnConfig, unlearn_successively
+    from mape.run.config import UnlearnConfig
+    from mape.run.unlearn import unlearn_successively
 
     config = UnlearnConfig(objective=args.objective, sparsity=args.sparsity, update=args.update, step=args.step,
                            seed=args.seed, retrain=args.retrain, joint_budget=args.joint_budget,
@@ -263,11 +264,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         if args.command == "compare":
-            from mape.compare import cmd_compare
+            from mape.evaluation.compare import cmd_compare
 
             return cmd_compare(args, _prepare, TqdmProgress)
         if args.command == "audit":
-            from mape.audit import cmd_audit
+            from mape.evaluation.audit import cmd_audit
 
             return cmd_audit(args, _prepare, TqdmProgress)
         return {"presets": cmd_presets, "prepare": cmd_prepare, "unlearn": cmd_unlearn,

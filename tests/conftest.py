@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from mape.presets import PRESETS
-from mape.train import Recipe
+from mape.data.presets import PRESETS
+from mape.method.train import Recipe
 
 if os.environ.get("PYTEST_XDIST_WORKER"):  # `pytest -n N`: each worker gets its share of the cores (N
     import torch  # workers each running a thread per core would oversubscribe the CPU)
@@ -35,6 +35,6 @@ def _cache(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def bbc_ws():
-    from mape.pipeline import prepare
+    from mape.run.workspace import prepare
 
     return prepare("test-minilm-bbc", train_limit=400, device="cpu")

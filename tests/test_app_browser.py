@@ -283,11 +283,11 @@ def check_compare(page, tmp_path: Path) -> None:
 
 
 def _scripted_audit(path):
-    """A saved audit made by mape.audit from scripted populations (φ per model and example): the original far
+    """A saved audit made by mape.evaluation.audit from scripted populations (φ per model and example): the original far
     from the retrains, the independent retrains and `mape` drawn like them."""
     import numpy as np
 
-    from mape import audit as A
+    from mape.evaluation import audit as A
 
     rng = np.random.default_rng(0)
     pop = lambda shift: [{"conf": list(rng.normal(shift, 1.0, 40)), "retain_acc": 0.9, "test_acc": 0.8,  # noqa: E731
@@ -349,7 +349,7 @@ def test_image_preset_end_to_end(page, tmp_path):
     from PIL import Image
 
     page.click("#preset input")
-    from mape.presets import PRESETS as ALL
+    from mape.data.presets import PRESETS as ALL
 
     page.get_by_role("option", name=ALL[PRESETS[1]].title).click()
     wait_until(lambda: textbox(page, "forget-value").input_value() == "3", 60, "the image preset's default forget set")
@@ -429,7 +429,7 @@ def test_predict_while_the_attribution_runs(page):
 def test_switch_preset_and_run_at_once(page):
     """Issue 16, bug 2: Run pressed right after a preset switch runs the new preset's forget set (the
     button waits for the switch), and the summary says which forget set ran."""
-    from mape.presets import PRESETS as ALL
+    from mape.data.presets import PRESETS as ALL
 
     page.click("#preset input")
     page.get_by_role("option", name=ALL[PRESETS[1]].title).click()
@@ -447,15 +447,15 @@ def test_backdoor_scenario_preview_run_and_trigger_tester(page):
     ``poisoned`` and the preview marks the altered examples; Run forgets them on the poisoned original and
     the metrics show the attack success rate; the trigger tester shows an input without and with the
     trigger under the original and the unlearned model."""
-    from mape import app_support as S, serving
+    from mape.serving import offer, owner as serving
 
     preset = PRESETS[0]
     classes = list(serving.dataset(preset).classes)
-    spec = S.scenario_specs(preset, "text", classes, len(serving.dataset(preset).train))[0]
+    spec = offer.scenario_specs(preset, "text", classes, len(serving.dataset(preset).train))[0]
     assert spec.startswith("backdoor:")
     assert page.locator("#trigger-tester").count() == 0 or not page.locator("#trigger-tester").is_visible()
     page.click("#scenario input")
-    page.get_by_role("option", name=S.scenario_label(spec)).click()
+    page.get_by_role("option", name=offer.scenario_label(spec)).click()
     wait_until(lambda: "poisoned" in page.inner_text("#forget-counts") and "⚠" in page.inner_text("#forget-counts"),
                120, "the preview of the poisoned examples")
     assert "(altered; true class" in page.inner_text("#forget-preview-table")

@@ -219,7 +219,7 @@ def test_eight_clients_at_once_share_the_original_safely(server):
     weights are bit-identical afterwards."""
     from gradio_client import Client
 
-    from mape import serving
+    from mape.serving import owner as serving
 
     texts = ["The striker scored twice as the club won the cup final.",
              "Shares fell sharply after the bank reported a loss."]
@@ -260,7 +260,7 @@ def test_a_prediction_never_waits_behind_explanations(server, monkeypatch):
 
     from gradio_client import Client
 
-    from mape import serving
+    from mape.serving import owner as serving
 
     text = "Shares fell sharply after the bank reported a loss."
     warm = Client(server, verbose=False, download_files=False).predict("tiny-bbc", text, api_name="/predict")
@@ -295,7 +295,7 @@ def test_a_prediction_never_waits_behind_explanations(server, monkeypatch):
 def test_delta_round_trip_rebuilds_the_unlearned_model():
     import torch
 
-    from mape import app_support as S
+    from mape.serving import deltas
     from tests.tiny import tiny_bert, tiny_data
 
     original = tiny_bert()
@@ -303,11 +303,11 @@ def test_delta_round_trip_rebuilds_the_unlearned_model():
     with torch.no_grad():
         w = updated.model.bert.encoder.layer[0].attention.self.query.weight
         w[:4] += 0.5
-    delta = S.extract_delta(original.model, updated.model)
+    delta = deltas.extract_delta(original.model, updated.model)
     assert list(delta) == ["bert.encoder.layer.0.attention.self.query.weight"]
-    assert S.delta_entries(delta) == 4 * w.shape[1]
+    assert deltas.delta_entries(delta) == 4 * w.shape[1]
     rebuilt = original.clone()
-    S.apply_delta(rebuilt.model, delta)
+    deltas.apply_delta(rebuilt.model, delta)
     data = tiny_data()
     np.testing.assert_array_equal(rebuilt.predict_proba(data), updated.predict_proba(data))
     for (n, a), (_, b) in zip(rebuilt.model.state_dict().items(), updated.model.state_dict().items()):
@@ -318,66 +318,65 @@ def test_masks_and_results_files(tmp_path):
     from safetensors import safe_open
     from safetensors.torch import load_file
 
-    from mape import app_support as S
-
+    from mape.serving import files
     heads = np.zeros((2, 4), bool)
     heads[1, 2] = True
     filters = np.ones((2, 24), bool)
-    path = S.write_masks(heads, filters, tmp_path, np.ones((2, 4)), np.ones((2, 24)), {"preset": "x"})
+    path = files.write_masks(heads, filters, tmp_path, np.ones((2, 4)), np.ones((2, 24)), {"preset": "x"})
     t = load_file(str(path))
     assert t["heads"].shape == (2, 4) and float(t["heads"].sum()) == 1.0 and float(t["heads"][1, 2]) == 1.0
     assert t["filters"].shape == (2, 24)
     with safe_open(str(path), "pt") as f:
         assert f.metadata()["preset"] == "x"
-    out = S.write_results_json({"a": np.float32(0.5), "b": float("nan"), "c": np.arange(3)}, tmp_path)
+    out = files.write_results_json({"a": np.float32(0.5), "b": float("nan"), "c": np.arange(3)}, tmp_path)
     assert json.loads(out.read_text()) == {"a": 0.5, "b": None, "c": [0, 1, 2]}
 
 
 def test_user_image_validation(tmp_path):
     from PIL import Image
 
-    from mape import app_support as S
-    from mape.errors import MapeError
+    from mape.base.errors import MapeError
+    from mape.serving import uploads
 
     # a black digit on white, 100x60: inverted, centred, 28x28
     img = np.full((60, 100), 255, np.uint8)
     img[20:40, 45:55] = 0
     p = tmp_path / "digit.png"
     Image.fromarray(img).save(p)
-    arr, note = S.load_user_image(str(p), 28, 1, mnist_like=True)
+    arr, note = uploads.load_user_image(str(p), 28, 1, mnist_like=True)
     assert arr.shape == (28, 28) and arr.dtype == np.uint8
     assert "inverted" in note and arr[14, 14] > 200 and arr[0, 0] < 30
-    rgb, _ = S.load_user_image(str(p), 32, 3, mnist_like=False)
+    rgb, _ = uploads.load_user_image(str(p), 32, 3, mnist_like=False)
     assert rgb.shape == (32, 32, 3)
     bad = tmp_path / "notes.png"
     bad.write_text("not an image")
     with pytest.raises(MapeError, match="not an image"):
-        S.load_user_image(str(bad), 28, 1, True)
+        uploads.load_user_image(str(bad), 28, 1, True)
     tiny = tmp_path / "tiny.png"
     Image.fromarray(np.zeros((4, 4), np.uint8)).save(tiny)
     with pytest.raises(MapeError, match="at least 8"):
-        S.load_user_image(str(tiny), 28, 1, True)
+        uploads.load_user_image(str(tiny), 28, 1, True)
     with pytest.raises(MapeError, match="Upload an image"):
-        S.load_user_image(None, 28, 1, True)
+        uploads.load_user_image(None, 28, 1, True)
 
 
 def test_tables_and_samples():
-    from mape import app_support as S
-
+    from mape.serving import offer
+    from ui import render
     m = {"original": {"forget_acc": 1.0, "retain_acc": 0.99, "test_acc": 0.95, "mia": 0.1},
          "unlearned": {"forget_acc": 0.9, "retain_acc": 0.98, "test_acc": 0.94, "mia": 0.2},
          "retrain": {"forget_acc": 0.93, "retain_acc": 0.99, "test_acc": 0.95, "mia": 0.25}}
     gap = {"original": 0.06, "unlearned": 0.02}
-    html = S.metrics_table_html(m, gap)
+    html = render.metrics_table_html(m, gap)
     assert "100.0%" in html and "90.0%" in html and "2.0 pts" in html and "vs retrain" in html
-    assert "No retrain reference" in S.metrics_table_html({k: m[k] for k in ("original", "unlearned")}, None)
+    assert "No retrain reference" in render.metrics_table_html({k: m[k] for k in ("original", "unlearned")}, None)
     train_y = np.array([0, 1, 2, 0, 1, 2, 0, 1, 2, 0])
     test_y = np.array([0, 1, 2, 2, 1, 0])
-    s = S.pick_samples(train_y, test_y, np.array([2, 5, 8]), np.array([0, 1, 3, 4, 6]), forget_class=2, n=4)
+    s = offer.pick_samples(train_y, test_y, np.array([2, 5, 8]), np.array([0, 1, 3, 4, 6]), forget_class=2, n=4)
     assert s["forget"] == [2, 5, 8]
     assert test_y[s["test"][0]] == 2 and len(s["test"]) == 4
     assert set(train_y[s["retain"]]) == {0, 1}
-    assert S.compose_spec("random", " 32 ") == "random:32"
+    assert offer.compose_spec("random", " 32 ") == "random:32"
 
 
 def test_model_status_before_training(tmp_path, monkeypatch):

@@ -15,7 +15,7 @@ from dataclasses import replace
 
 import pytest
 
-from mape import app_support as S, lessons as LS
+from mape.serving import lessons as LS, offer
 from tests.test_app_browser import (  # noqa: F401 - fixtures (browser, page) and the skip marks
     PRESETS,
     browser,
@@ -105,10 +105,10 @@ def check_reading_agrees_with_the_table(pg, lesson: LS.Lesson) -> str:
 
 def check_controls_show(pg, lesson: LS.Lesson) -> None:
     """The controls show the settings the lesson ran with."""
-    from mape.presets import PRESETS as ALL
+    from mape.data.presets import PRESETS as ALL
 
     assert textbox(pg, "preset").input_value() == ALL[lesson.preset].title
-    assert textbox(pg, "scenario").input_value() == S.scenario_label(lesson.scenario)
+    assert textbox(pg, "scenario").input_value() == offer.scenario_label(lesson.scenario)
     kind, _, value = lesson.forget.partition(":")
     assert textbox(pg, "forget-value").input_value() == (value or "all")
     assert pg.locator("#retrain input[type=checkbox]").is_checked()

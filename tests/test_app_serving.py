@@ -1,4 +1,4 @@
-"""mape.serving, the one owner of the models the app shares: reads are safe against each other, Captum
+"""mape.serving.owner, the one owner of the models the app shares: reads are safe against each other, Captum
 works on private copies, and on ZeroGPU (a stub ``spaces`` module here) the engine functions are
 wrapped with ``spaces.GPU`` and CUDA is touched only inside them.
 
@@ -21,9 +21,9 @@ TEXT = "The striker scored twice as the club won the cup final."
 
 @pytest.fixture(scope="module")
 def serving():
-    from mape import app_support as S, serving as sv
+    from mape.serving import offer, owner as sv
 
-    S.register_tiny_presets()
+    offer.register_tiny_presets()
     sv.prepare_preset(PRESET)
     return sv
 
@@ -44,7 +44,7 @@ def test_predictions_during_attributions_are_exact_and_leave_the_original_alone(
     before = serving.original_weights(PRESET)
     reference = serving.predict(PRESET, {"run_key": run["run_key"], "delta": run["delta"], "forget_indices": None},
                                 TEXT)
-    shared_embeddings = serving._served(PRESET).ws.task.model.get_input_embeddings()
+    shared_embeddings = serving.served_preset(PRESET).ws.task.model.get_input_embeddings()
     hooks_seen, errors, answers = [], [], []
     done = threading.Event()
 
@@ -86,7 +86,7 @@ def test_live_run_measures_on_seeded_samples_and_says_so(serving, tmp_path):
     assert ev["retain_examples"] == serving.LIVE_EVAL_SAMPLE
     assert run["result"]["forget"]["spec"] == "random:10" and run["result"]["config"]["seed"] == 3
     # the shown samples' original predictions are the memoised ones of the shared original
-    ws = serving._served(PRESET).ws
+    ws = serving.served_preset(PRESET).ws
     np.testing.assert_array_equal(run["probs"]["original"]["forget"],
                                   ws.original_train_probs(np.asarray(run["samples"]["forget"])))
     np.testing.assert_array_equal(run["probs"]["original"]["test"],
@@ -165,19 +165,19 @@ def _is_generator(fn) -> bool:
 
 
 def test_zero_gpu_wraps_the_engine_and_touches_cuda_only_inside(monkeypatch):
-    from mape import app_support as S
-
-    S.register_tiny_presets()
+    from mape.serving import offer
+    offer.register_tiny_presets()
     guard = CudaGuard()
     guard.install(monkeypatch)
     stub = guard.stub_spaces()
     monkeypatch.setitem(sys.modules, "spaces", stub)
     monkeypatch.setenv("SPACES_ZERO_GPU", "true")
-    path = Path(__file__).resolve().parents[1] / "mape" / "serving.py"
-    spec = importlib.util.spec_from_file_location("mape_serving_zerogpu", path)
-    zg = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, spec.name, zg)
-    spec.loader.exec_module(zg)  # a second, isolated instance of the module, imported under ZeroGPU
+    folder = Path(__file__).resolve().parents[1] / "mape" / "serving"
+    for name in ("device", "owner"):  # second, isolated instances of the modules, imported under ZeroGPU
+        spec = importlib.util.spec_from_file_location(f"mape.serving.{name}", folder / f"{name}.py")
+        zg = importlib.util.module_from_spec(spec)
+        monkeypatch.setitem(sys.modules, spec.name, zg)  # the owner below imports this device module
+        spec.loader.exec_module(zg)
 
     assert zg.ZERO_GPU and zg.ON_GPU and zg.spaces is stub
     assert {name for name, _ in stub.wrapped} == {"run", "compare", "predict", "explain", "export", "trigger_test"}
@@ -196,7 +196,7 @@ def test_zero_gpu_wraps_the_engine_and_touches_cuda_only_inside(monkeypatch):
     assert any(inside for _, inside in guard.calls), "the check never saw the engine ask for CUDA"
     outside = [name for name, inside in guard.calls if not inside]
     assert outside == [], f"CUDA touched outside spaces.GPU functions: {outside}"
-    assert zg._served(PRESET).ws.device.type == "cpu"  # the shared models stay on the CPU
+    assert zg.served_preset(PRESET).ws.device.type == "cpu"  # the shared models stay on the CPU
 
 
 # --------------------------------------------------------------------------- the app's shape
@@ -204,13 +204,13 @@ def test_zero_gpu_wraps_the_engine_and_touches_cuda_only_inside(monkeypatch):
 
 def test_app_shape_one_owner_of_the_models_and_small_sections():
     """app.py only assembles (≤ 150 lines); page sections and handlers are small functions; the engine has
-    no gradio; the UI never imports torch nor reaches into mape.serving's private state."""
+    no gradio; the UI never imports torch nor reaches into mape.serving.owner's private state."""
     import ast
 
     root = Path(__file__).resolve().parents[1]
     assert len((root / "app.py").read_text().splitlines()) <= 150
     ui_files = [root / "app.py", *sorted((root / "ui").glob("*.py"))]
-    for path in ui_files + [root / "mape" / "serving.py"]:
+    for path in ui_files + sorted((root / "mape" / "serving").glob("*.py")):
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 assert node.end_lineno - node.lineno < 80, f"{path.name}:{node.name} is long"
@@ -231,7 +231,7 @@ def test_a_scenario_is_served_under_its_own_name_with_its_own_data_and_original(
     """``tiny-bbc@backdoor:cf:sport:8``: its own altered dataset and original model (cached under its own
     key), a run on ``poisoned`` records the scenario and its ASR, and the trigger tester puts the word into
     the input and predicts both with all models; the clean preset's original is untouched."""
-    from mape.scenarios import parse_scenario
+    from mape.data.scenarios import parse_scenario
 
     name = serving.served_name(PRESET, "backdoor:cf:sport:8")
     assert serving.split_name(name) == (PRESET, "backdoor:cf:sport:8")
@@ -244,7 +244,7 @@ def test_a_scenario_is_served_under_its_own_name_with_its_own_data_and_original(
     clean_before = serving.original_weights(PRESET)
     serving.prepare_preset(name)
     assert serving.info(name)["scenario"] == "backdoor:cf:sport:8"
-    assert serving._served(name).ws.key != serving._served(PRESET).ws.key
+    assert serving.served_preset(name).ws.key != serving.served_preset(PRESET).ws.key
 
     events = list(serving.run(name, "poisoned", {"seed": 0, "retain_sample": 64}, live=True))
     assert events[-1][0] == "done", events[-1]
@@ -268,7 +268,7 @@ def test_a_scenario_is_served_under_its_own_name_with_its_own_data_and_original(
     direct = serving.predict(name, models, out["triggered"])
     for m in ("original", "unlearned"):
         np.testing.assert_allclose(direct[m], out["probs"]["triggered"][m], rtol=1e-5, atol=1e-6)
-    from mape.errors import MapeError
+    from mape.base.errors import MapeError
 
     with pytest.raises(MapeError, match="backdoor scenario"):
         serving.trigger_test(PRESET, None, text)
@@ -282,9 +282,9 @@ def test_the_originals_predictions_are_stored_once_and_read_back_by_a_restarted_
     recomputed and replaced, never loaded."""
     import copy
 
-    from mape import cache
+    from mape.base import cache
 
-    ws = serving._served(PRESET).ws
+    ws = serving.served_preset(PRESET).ws
     key = ws._probs_key()
     assert key is not None and cache.load_arrays("probs", key) is not None  # stored by the warm-up
 
@@ -312,7 +312,7 @@ def test_the_originals_predictions_are_stored_once_and_read_back_by_a_restarted_
 def test_the_trigger_tester_on_images_adds_the_corner_patch_only(serving):
     """tiny-mnist with ``backdoor:patch:0:30``: the tester's triggered image is the input with a white
     square in the bottom-right corner and nothing else changed; both are predicted by the original."""
-    from mape.scenarios import patch_size_for
+    from mape.data.scenarios import patch_size_for
 
     name = serving.served_name("tiny-mnist", "backdoor:patch:0:30")
     ds = serving.dataset(name)

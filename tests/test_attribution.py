@@ -16,9 +16,9 @@ from transformers import (
     ViTForImageClassification,
 )
 
-from mape import attribution
-from mape.attribution import ImageAttribution, TextAttribution, attribute_image, attribute_text
-from mape.errors import MapeError
+from mape.base.errors import MapeError
+from mape.evaluation import attribution
+from mape.evaluation.attribution import ImageAttribution, TextAttribution, attribute_image, attribute_text
 
 WORDS = ["the", "movie", "was", "good", "bad", "very", "film", "plot", "un", "##bel", "##iev", "##able", "!", ".", ","]
 TEXT = "the movie was unbelievable, very good!"

@@ -1,4 +1,4 @@
-"""The per-example audit (mape.audit): the challenge's ε on scripted outputs against a brute-force grid and
+"""The per-example audit (mape.evaluation.audit): the challenge's ε on scripted outputs against a brute-force grid and
 hand-computed values, its bucketed points, and a real audit with N = 4 on a tiny ViT over real MNIST digits
 that resumes after a killed task."""
 
@@ -9,13 +9,13 @@ import math
 import numpy as np
 import pytest
 
-from mape import audit as A
-from mape.errors import MapeError
+from mape.base.errors import MapeError
+from mape.evaluation import audit as A, epsilons as E
 
 # --------------------------------------------------------------------------- ε of one example
 
 
-def _brute_force_epsilon(pos, neg, delta=A.DELTA, step=0.05):
+def _brute_force_epsilon(pos, neg, delta=E.DELTA, step=0.05):
     """The reference's two rule families on a grid fine enough to realise every decision of samples on a 0.1
     lattice (thresholds halfway between lattice points), written out rule by rule."""
     pos, neg = np.asarray(pos, float), np.asarray(neg, float)
@@ -25,18 +25,18 @@ def _brute_force_epsilon(pos, neg, delta=A.DELTA, step=0.05):
     peaky, wide = (pos, neg) if np.ptp(pos) < np.ptp(neg) else (neg, pos)
     width = np.ptp(peaky)
     for left, right in itertools.combinations_with_replacement(grid, 2):   # l ≤ φ ≤ r: the peakier one
-        if abs((right - left) - width) <= A.INTERVAL_BUFFER:
+        if abs((right - left) - width) <= E.INTERVAL_BUFFER:
             rates.append((((wide >= left) & (wide <= right)).mean(), 1 - ((peaky >= left) & (peaky <= right)).mean()))
     best = 0.0
     for fpr, fnr in rates:
         if fpr == 0 and fnr == 0:
-            return A.EPSILON_CAP
+            return E.EPSILON_CAP
         if fpr == 0 or fnr == 0:
             continue
         for a, b in ((fpr, fnr), (fnr, fpr)):   # log(1 − δ − a) − log b where defined
             if 1 - delta - a > 0:
                 best = max(best, math.log(1 - delta - a) - math.log(b))
-    return min(best, A.EPSILON_CAP)
+    return min(best, E.EPSILON_CAP)
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -47,9 +47,9 @@ def test_epsilon_is_the_best_rule_of_both_families(seed):
     neg = np.round(rng.normal(0.0, 1.0 + 0.5 * (seed % 2), n), 1)
     if np.median(pos) < np.median(neg):
         pos, neg = neg, pos
-    if min(np.ptp(pos), np.ptp(neg)) < A.PEAKY_RATIO * max(np.ptp(pos), np.ptp(neg)):
+    if min(np.ptp(pos), np.ptp(neg)) < E.PEAKY_RATIO * max(np.ptp(pos), np.ptp(neg)):
         pytest.skip("degenerate draw")
-    assert A.example_epsilon(pos, neg) == pytest.approx(_brute_force_epsilon(pos, neg), abs=1e-12)
+    assert E.example_epsilon(pos, neg) == pytest.approx(_brute_force_epsilon(pos, neg), abs=1e-12)
 
 
 def test_epsilon_by_hand():
@@ -58,41 +58,41 @@ def test_epsilon_by_hand():
     rate is 0 (skipped); the rest give less. Intervals around the peakier pos (range 3, widths 1 to 5) alternate
     pos and neg, so the best, e.g. [2, 3] (two pos, one neg), gives the same ε. Hence ε = log(2 − 4δ)."""
     pos, neg = [1.0, 2.0, 3.0, 4.0], [0.0, 1.5, 2.5, 3.5]
-    assert A.example_epsilon(pos, neg) == pytest.approx(math.log(2 - 4 * A.DELTA), abs=1e-12)
-    assert _brute_force_epsilon(pos, neg) == pytest.approx(math.log(2 - 4 * A.DELTA), abs=1e-12)
+    assert E.example_epsilon(pos, neg) == pytest.approx(math.log(2 - 4 * E.DELTA), abs=1e-12)
+    assert _brute_force_epsilon(pos, neg) == pytest.approx(math.log(2 - 4 * E.DELTA), abs=1e-12)
 
 
 def test_identical_populations_give_zero_and_separated_ones_the_cap():
     rng = np.random.default_rng(0)
     a = rng.normal(size=8)
-    assert A.example_epsilon(a, a.copy()) == 0.0
-    assert A.example_epsilon(a + 100, a) == A.EPSILON_CAP
+    assert E.example_epsilon(a, a.copy()) == 0.0
+    assert E.example_epsilon(a + 100, a) == E.EPSILON_CAP
     # a population that never varies (a deterministic method) is itself a tell: the cap (reference rule)
-    assert A.example_epsilon(np.full(8, a.mean()), a) == A.EPSILON_CAP
-    assert A.example_epsilon(np.ones(4), np.ones(4)) == 0.0 and A.example_epsilon(np.ones(4), np.zeros(4)) == 50.0
+    assert E.example_epsilon(np.full(8, a.mean()), a) == E.EPSILON_CAP
+    assert E.example_epsilon(np.ones(4), np.ones(4)) == 0.0 and E.example_epsilon(np.ones(4), np.zeros(4)) == 50.0
     with pytest.raises(MapeError, match="two models"):
-        A.example_epsilon([1.0], [2.0])
+        E.example_epsilon([1.0], [2.0])
 
 
 def test_points_buckets_by_hand():
     # N = 16: ⌈log 15⌉ = 3 → six buckets of 0.5 with 1, 1/2, …, 1/32 points, then 0
-    assert A.max_epsilon(16) == 3.0 and A.max_epsilon(4) == 2.0
+    assert E.max_epsilon(16) == 3.0 and E.max_epsilon(4) == 2.0
     eps = np.array([0.0, 0.49, 0.5, 0.99, 1.0, 2.75, 3.0, 50.0])
-    assert A.example_points(eps, 16).tolist() == [1, 1, 0.5, 0.5, 0.25, 1 / 32, 0, 0]
-    assert A.example_points(np.array([1.99, 2.0]), 4).tolist() == [0.125, 0.0]
+    assert E.example_points(eps, 16).tolist() == [1, 1, 0.5, 0.5, 0.25, 1 / 32, 0, 0]
+    assert E.example_points(np.array([1.99, 2.0]), 4).tolist() == [0.125, 0.0]
 
 
 def test_forget_score_of_scripted_populations():
     rng = np.random.default_rng(1)
     retrained = rng.normal(size=(8, 30))
     rows = [{"conf": list(c), "retain_acc": 0.9, "test_acc": 0.8, "seconds": 1.0} for c in retrained]
-    same = A.row_scores(rows, rows, 8)
+    same = E.row_scores(rows, rows, 8)
     assert same["forget_score"] == 1.0 and same["final_score"] == 1.0 and same["forget_score_ci"] == [1.0, 1.0]
     apart = [{**r, "conf": list(np.asarray(r["conf"]) + 100), "retain_acc": 0.45} for r in rows]
-    far = A.row_scores(apart, rows, 8)
+    far = E.row_scores(apart, rows, 8)
     assert far["forget_score"] == 0.0 and far["final_score"] == 0.0 and set(far["epsilons"]) == {50.0}
     half = [{**r, "retain_acc": 0.45} for r in rows]
-    assert A.row_scores(half, rows, 8)["final_score"] == pytest.approx(0.5)  # × retain acc / retrain's
+    assert E.row_scores(half, rows, 8)["final_score"] == pytest.approx(0.5)  # × retain acc / retrain's
 
 
 def test_most_at_once():
@@ -110,8 +110,8 @@ def ws():
 
     import torch
 
-    from mape.pipeline import prepare
-    from mape.presets import PRESETS, get_preset
+    from mape.data.presets import PRESETS, get_preset
+    from mape.run.workspace import prepare
     from tests.test_baselines import TINY_RECIPE, TINY_VIT
     from tests.test_executors import PRESET  # the tiny ViT preset the Ray tests use
 
@@ -172,8 +172,8 @@ def test_seed_zero_populations_are_the_cached_original_and_retrain(ws):
     bit for bit: every model of a population comes from the same recipe."""
     import torch
 
-    from mape.forget import select_forget
-    from mape.pipeline import retrain_model
+    from mape.data.forget import select_forget
+    from mape.run.workspace import retrain_model
 
     forget = select_forget("random:24", ws.dataset, seed=0)
     same = lambda a, b: all(torch.equal(x, y) for x, y in zip(a.model.state_dict().values(),  # noqa: E731

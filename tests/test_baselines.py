@@ -1,4 +1,4 @@
-"""Baselines (mape.baselines) on a tiny ViT trained on a few hundred real MNIST digits."""
+"""Baselines (mape.evaluation.baselines) on a tiny ViT trained on a few hundred real MNIST digits."""
 
 import dataclasses
 import functools
@@ -8,8 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from mape import cache
-from mape.baselines import (
+from mape.base import cache
+from mape.base.errors import MapeError
+from mape.data.forget import select_forget
+from mape.evaluation.baseline_rules import salun_mask, ssd_dampen
+from mape.evaluation.baselines import (
     BASE_METHODS,
     BaselineConfig,
     finetune,
@@ -19,13 +22,10 @@ from mape.baselines import (
     parse_methods,
     relearn_curve,
     run_method,
-    salun_mask,
-    ssd_dampen,
 )
-from mape.errors import MapeError
-from mape.forget import select_forget
-from mape.pipeline import Workspace, evaluate_model
-from mape.train import Recipe
+from mape.method.train import Recipe
+from mape.run.unlearn import evaluate_model
+from mape.run.workspace import Workspace
 
 TINY_VIT = dict(image_size=14, patch_size=7, num_channels=1, hidden_size=16, num_hidden_layers=2,
                 num_attention_heads=4, intermediate_size=24, hidden_dropout_prob=0.0,
@@ -37,9 +37,9 @@ TINY_RECIPE = Recipe(epochs=8, lr=3e-3, batch_size=32, weight_decay=0.0, seed=0)
 def tiny_workspace(n_train: int = 400, n_test: int = 300) -> Workspace:
     """A Workspace around a tiny ViT (2 layers × 4 heads × 24 filters) trained in-process (~2 s) on
     ``n_train`` real MNIST digits resized to 14×14; retrained models go to the usual cache."""
-    from mape.data import load_mnist, subsample_train
-    from mape.presets import build_start_model, get_preset
-    from mape.train import train
+    from mape.data.datasets import load_mnist, subsample_train
+    from mape.data.presets import build_start_model, get_preset
+    from mape.method.train import train
 
     preset = dataclasses.replace(get_preset("vit-mnist"), name="tiny-vit-mnist", vit_config=TINY_VIT,
                                  recipe=TINY_RECIPE)
@@ -260,18 +260,19 @@ def test_config_validation():
 
 def test_baselines_draw_the_same_check_samples_as_unlearn(ws, forget, monkeypatch):
     """The auto step of every baseline sees exactly the forget / retain / unseen check samples MAPE sees."""
-    import mape.pipeline
-    from mape.baselines import _context
-    from mape.pipeline import UnlearnConfig, unlearn
+    import mape.run.targets
+    from mape.evaluation.baselines import _context
+    from mape.run.config import UnlearnConfig
+    from mape.run.unlearn import unlearn
 
     seen = []
-    real = mape.pipeline.check  # the auto step's check: (task, forget, retain check sample, unseen=...)
+    real = mape.run.targets.check  # the auto step's check: (task, forget, retain check sample, unseen=...)
 
     def recording(task, f, r, *a, unseen=None):
         seen.append((f, r, unseen))
         return real(task, f, r, *a, unseen=unseen)
 
-    monkeypatch.setattr(mape.pipeline, "check", recording)
+    monkeypatch.setattr(mape.run.targets, "check", recording)
     unlearn(ws, forget, UnlearnConfig(seed=3))
     ctx = _context(ws, forget, 3, BaselineConfig(), forget.indices)
     assert len(seen) >= 1 and seen[0][2] is not None and len(seen[0][2]) > 0
@@ -281,7 +282,7 @@ def test_baselines_draw_the_same_check_samples_as_unlearn(ws, forget, monkeypatc
 
 
 def test_damping_defaults_to_the_engine(ws, forget):
-    from mape.pipeline import UnlearnConfig
+    from mape.run.config import UnlearnConfig
 
     run = run_method(ws, "so", forget, seed=0)
     assert run.details["damping"] == UnlearnConfig().damping

@@ -1,5 +1,5 @@
-"""Successive requests in the app (issue 28 item 2; mape.chain, mape.serving.run's ``base``): the next request
-starts from a private copy of the original plus the chain's accumulated delta, with the earlier forget sets
+"""Successive requests in the app (issue 28 item 2; mape.serving.chain, mape.serving.owner.run's ``base``): the
+next request starts from a private copy of the original plus the chain's accumulated delta, with the earlier forget sets
 already forgotten; the timeline and the overlap of the selected units follow the requests; the shared
 original stays bit-identical. Runs on the tiny text preset (``tiny-bbc``)."""
 
@@ -8,16 +8,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mape import chain as CH
+from mape.serving import chain as CH
 
 PRESET = "tiny-bbc"
 
 
 @pytest.fixture(scope="module")
 def serving():
-    from mape import app_support as S, serving as sv
+    from mape.serving import offer, owner as sv
 
-    S.register_tiny_presets()
+    offer.register_tiny_presets()
     sv.prepare_preset(PRESET)
     return sv
 
@@ -32,12 +32,12 @@ def _run(sv, spec: str, base: dict | None = None, seed: int = 0) -> dict:
 
 
 def _state(run: dict) -> dict:
-    """What ui.live_search.show_run keeps of a run (the keys mape.chain reads)."""
+    """What ui.live_search.show_run keeps of a run (the keys mape.serving.chain reads)."""
     return {"preset": run["preset"], "result": run["result"], "delta": run["delta"], "chain": run["chain"]}
 
 
 def test_second_request_starts_from_the_first_model_and_the_original_stays(serving, monkeypatch):
-    from mape import pipeline
+    from mape.run import unlearn as pipeline
 
     before = serving.original_weights(PRESET)
     first = _run(serving, "random:8")
@@ -60,7 +60,8 @@ def test_second_request_starts_from_the_first_model_and_the_original_stays(servi
     monkeypatch.undo()
 
     # the second request's base is the original plus the first request's delta, exactly
-    expected = serving.chained_weights(PRESET, first["delta"])
+    expected = {k: v.detach().cpu().numpy() for k, v in
+                serving.unlearned_copy(PRESET, first["delta"]).model.state_dict().items()}
     assert seen["base"].keys() == expected.keys()
     assert all(np.array_equal(seen["base"][k], expected[k]) for k in expected)
     assert any(not np.array_equal(expected[k], before[k]) for k in first["delta"])
@@ -81,10 +82,10 @@ def test_second_request_starts_from_the_first_model_and_the_original_stays(servi
     rows = CH.timeline_rows(steps)
     assert [r[:2] for r in rows] == [["1", "random:8"], ["2", "class:sport:10"]]
     m = second["result"]["metrics"]["unlearned"]
-    from mape import app_support as S
+    from mape.serving import wording
 
-    assert rows[1][4:8] == [S.pct(m[k]) for k in ("forget_acc", "retain_acc", "test_acc", "mia")]
-    assert rows[0][4:8] == [S.pct(first["result"]["metrics"]["unlearned"][k])
+    assert rows[1][4:8] == [wording.pct(m[k]) for k in ("forget_acc", "retain_acc", "test_acc", "mia")]
+    assert rows[0][4:8] == [wording.pct(first["result"]["metrics"]["unlearned"][k])
                             for k in ("forget_acc", "retain_acc", "test_acc", "mia")]
     html = CH.timeline_html(steps)
     assert html.count('class="mape-chain-row"') == 2 and "class:sport:10" in html

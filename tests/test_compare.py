@@ -5,10 +5,10 @@ import json
 import numpy as np
 import pytest
 
+from mape.base.errors import MapeError
 from mape.cli import main
-from mape.compare import MAX_OPEN_FILES, CompareResult, compare, merge_seeds, open_saved, parse_seeds
-from mape.errors import MapeError
-from mape.forget import select_forget
+from mape.data.forget import select_forget
+from mape.evaluation.compare import MAX_OPEN_FILES, CompareResult, compare, merge_seeds, open_saved, parse_seeds
 from tests.test_baselines import ws  # noqa: F401  (module-scoped fixture)
 
 KEYS = ("forget_acc", "retain_acc", "test_acc", "mia", "gap_to_retrain", "time_s", "params_changed")
@@ -73,7 +73,7 @@ def test_markdown_and_files(result, tmp_path):
 
 
 def test_rows_feed_the_metrics_figure(result):
-    from mape.figures import metrics_figure
+    from mape.serving.charts import metrics_figure
 
     rows = result.rows()
     assert list(rows) == ["original", "mape", "so", "ft", "retrain"]
@@ -113,7 +113,7 @@ def _no_prepare(*a, **k):
     (["--methods", "mape"], "needs --forget"),
 ])
 def test_cli_bad_input_exits_2_with_one_line(monkeypatch, capsys, tmp_path, argv, needle):
-    monkeypatch.setattr("mape.pipeline.prepare", _no_prepare)
+    monkeypatch.setattr("mape.run.workspace.prepare", _no_prepare)
     code = main(["compare", *argv, "--out", str(tmp_path / "x.json"), "--quiet"])
     err = capsys.readouterr().err
     assert code == 2
@@ -122,7 +122,7 @@ def test_cli_bad_input_exits_2_with_one_line(monkeypatch, capsys, tmp_path, argv
 
 
 def test_cli_compare_writes_json_and_markdown(ws, monkeypatch, capsys, tmp_path):  # noqa: F811
-    monkeypatch.setattr("mape.pipeline.prepare", lambda *a, **k: ws)
+    monkeypatch.setattr("mape.run.workspace.prepare", lambda *a, **k: ws)
     out = tmp_path / "c.json"
     code = main(["compare", "--forget", "random:16", "--methods", "mape,ssd", "--seeds", "0",
                  "--relearn", "0", "--out", str(out), "--quiet"])
@@ -204,7 +204,7 @@ def test_merge_refuses_what_cannot_be_averaged(ws, tmp_path):  # noqa: F811
 
 
 def test_cli_merge_writes_one_table_and_refuses_a_repeated_seed(ws, monkeypatch, capsys, tmp_path):  # noqa: F811
-    monkeypatch.setattr("mape.pipeline.prepare", lambda *a, **k: ws)
+    monkeypatch.setattr("mape.run.workspace.prepare", lambda *a, **k: ws)
     for seed in ("0", "1"):
         assert main(["compare", "--forget", "random:12", "--methods", "mape", "--seeds", seed, "--relearn", "0",
                      "--out", str(tmp_path / f"s{seed}.json"), "--quiet"]) == 0

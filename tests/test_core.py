@@ -5,13 +5,14 @@ import pytest
 import torch
 import torch.nn.functional as Fn
 
-from mape.adapters import adapter_for, unit_param_counts, unit_param_masks
-from mape.errors import MapeError
-from mape.gates import Gates
-from mape.models import Encoded
-from mape.scoring import mask_gradients, norm_scores, unit_scores
-from mape.search import block_cost, refine_layer, search, warm_start
-from mape.update import MaskedParams, Target, iterative_update, so_direction, so_update
+from mape.base.errors import MapeError
+from mape.method.adapters import adapter_for, unit_param_counts, unit_param_masks
+from mape.method.gates import Gates
+from mape.method.iterative import iterative_update
+from mape.method.models import Encoded
+from mape.method.scoring import mask_gradients, norm_scores, unit_scores
+from mape.method.search import block_cost, refine_layer, search, warm_start
+from mape.method.update import MaskedParams, Target, so_direction, so_update
 from tests.tiny import tiny_bert, tiny_data
 
 ARCHS = ["bert", "roberta", "distilbert", "vit"]
@@ -239,10 +240,10 @@ def test_so_auto_step_picks_a_reported_trial():
     sel, mg = search(task, forget, retain, sparsity=0.5, batch_size=8, with_params=True)
     mp = MaskedParams(unit_param_masks(task.adapter, torch.as_tensor(sel.heads), torch.as_tensor(sel.filters)))
     d = so_direction(mp, mg.param_forget_grad, mg.param_retain_fisher)
-    from mape.update import accuracy
+    from mape.method.update import model_accuracy
 
     def evaluate():
-        return accuracy(task, forget), accuracy(task, retain)
+        return model_accuracy(task, forget), model_accuracy(task, retain)
 
     fa0, ra0 = evaluate()
     report = so_update(task, mp, d, "auto", evaluate, Target(forget_acc=0.0, retain_acc=ra0, tolerance=0.5))

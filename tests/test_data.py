@@ -1,4 +1,4 @@
-"""Tests for mape.data: local folders, embedded corpora, hub loading and subsampling."""
+"""Tests for mape.data.datasets: local folders, embedded corpora, hub loading and subsampling."""
 
 import io
 import json
@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mape.data import Dataset, Split, load_bbc, load_folder, load_hub_dataset, load_mnist, subsample_train
-from mape.errors import MapeError
+from mape.base.errors import MapeError
+from mape.data.datasets import Dataset, Split, load_bbc, load_folder, load_hub_dataset, load_mnist, subsample_train
 
 DATA_DIR = Path(os.environ.get("MAPE_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
@@ -124,7 +124,7 @@ def test_ag_news_shared():
 def test_local_preset_data_folder_is_the_one_named(tmp_path, monkeypatch):
     """--data (or MAPE_DATA_DIR) may name the data folder itself or the folder holding it; when one is
     named, it is the only place looked at, and a wrong one is named in the message."""
-    from mape.presets import PRESETS
+    from mape.data.presets import PRESETS
 
     sst2 = PRESETS["minilm-sst2"]
     path = shared("sst2")

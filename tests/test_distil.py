@@ -1,11 +1,12 @@
-"""Issue 27 item 4: the distilled push (mape.distil) that follows a first so step that stopped short."""
+"""Issue 27 item 4: the distilled push (mape.method.distil) that follows a first so step that stopped short."""
 
 import numpy as np
 import torch
 
-from mape.adapters import unit_param_masks
-from mape.distil import DISTIL_EVERY, distil_steps, first_block_work, push_loss
-from mape.update import MaskedParams, Target, Work, check
+from mape.method.adapters import unit_param_masks
+from mape.method.distil import DISTIL_EVERY, distil_steps, first_block_work, push_loss
+from mape.method.update import MaskedParams, Target, check
+from mape.method.work import Work
 from tests.tiny import tiny_bert, tiny_data
 
 

@@ -9,11 +9,11 @@ import sys
 import pytest
 import torch
 
+from mape.base.errors import MapeError
 from mape.cli import main
-from mape.compare import compare
-from mape.errors import MapeError
-from mape.executors import FAULTS_ENV, INSTALL_RAY, RayExecutor
-from mape.presets import PRESETS, get_preset
+from mape.data.presets import PRESETS, get_preset
+from mape.evaluation.compare import compare
+from mape.evaluation.executors import FAULTS_ENV, INSTALL_RAY, RayExecutor
 from tests.test_baselines import TINY_RECIPE, TINY_VIT
 
 PRESET = "test-ray-mnist"
@@ -22,7 +22,7 @@ METHODS = ["mape", "ssd"]
 
 @pytest.fixture(scope="module")
 def ws():
-    from mape.pipeline import prepare
+    from mape.run.workspace import prepare
 
     PRESETS.setdefault(PRESET, dataclasses.replace(get_preset("vit-mnist"), name=PRESET, vit_config=TINY_VIT,
                                                    recipe=TINY_RECIPE))
@@ -47,7 +47,7 @@ def faults(tmp_path_factory):
 @pytest.fixture(scope="module")
 def ray_instance(faults):
     pytest.importorskip("ray")
-    from mape.executors import start_ray
+    from mape.evaluation.executors import start_ray
 
     ray = start_ray(num_cpus=2)
     yield ray
@@ -97,9 +97,9 @@ def test_audit_on_ray_gives_the_local_numbers_with_tasks_in_parallel(ws, ray_ins
     rows exactly, and two tasks ran at once (their wall-clock intervals overlap)."""
     import shutil
 
-    from mape import audit as A
-    from mape.baselines import BaselineConfig
-    from mape.forget import select_forget
+    from mape.data.forget import select_forget
+    from mape.evaluation import audit as A
+    from mape.evaluation.baselines import BaselineConfig
 
     local = A.audit(ws, "random:20", ["mape"], models=3, threads=1)
     store = A.TaskStore(ws, select_forget("random:20", ws.dataset, seed=0), BaselineConfig())
@@ -119,7 +119,7 @@ def test_a_row_that_keeps_failing_is_reported_and_the_others_kept(ws, faults, ra
     requests = ["class:3:12", "random:12"]
     local = json.loads(json.dumps(compare(ws, None, METHODS, seeds=[0], requests=requests, relearn_steps=1).to_json()))
     # the driver's workspace (workers prepare their own)
-    monkeypatch.setattr("mape.pipeline.prepare", lambda *a, **k: ws)
+    monkeypatch.setattr("mape.run.workspace.prepare", lambda *a, **k: ws)
     out = tmp_path / "c.json"
     code = main(["compare", "--preset", PRESET, "--requests", ";".join(requests), "--methods", ",".join(METHODS),
                  "--seeds", "0", "--relearn", "1", "--executor", "ray", "--out", str(out), "--quiet"])
@@ -148,7 +148,7 @@ def _no_prepare(*a, **k):
 ])
 def test_cli_without_ray_exits_2_with_one_line(monkeypatch, capsys, tmp_path, argv, needle):
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError, as when it is not installed
-    monkeypatch.setattr("mape.pipeline.prepare", _no_prepare)
+    monkeypatch.setattr("mape.run.workspace.prepare", _no_prepare)
     code = main(["compare", "--forget", "random:5", *argv, "--out", str(tmp_path / "x.json"), "--quiet"])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and err.startswith("error: ") and needle in err

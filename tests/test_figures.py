@@ -5,7 +5,7 @@ import numpy as np
 import plotly.graph_objects as go
 import pytest
 
-from mape import figures
+from mape.serving import charts, figures
 
 
 def _heat(fig: go.Figure) -> go.Heatmap:
@@ -144,7 +144,7 @@ def test_metrics_figure_one_trace_per_method_in_percent():
         "original": {"forget_acc": 1.0, "retain_acc": 0.99, "test_acc": 0.91, "mia": 0.05},
         "mape": {"forget_acc": 0.52, "retain_acc": 0.94, "test_acc": 0.89, "mia": float("nan")},
     }
-    fig = figures.metrics_figure(rows)
+    fig = charts.metrics_figure(rows)
     assert fig.layout.height and _title(fig)
     assert fig.layout.barmode == "group"
     assert tuple(fig.layout.yaxis.range) == (0, 100)
@@ -249,7 +249,7 @@ def _results():
 
 
 def test_gap_time_figure_places_methods_and_the_retrain_line():
-    fig = figures.gap_time_figure(_results(), ["mape", "salun", "ft"], best="mape")
+    fig = charts.gap_time_figure(_results(), ["mape", "salun", "ft"], best="mape")
     by_name = {t.name: t for t in fig.data}
     assert set(by_name) == {"mape", "salun"}  # ft has no gap: left out, not drawn at 0
     assert by_name["mape"].x[0] == 4.0 and by_name["mape"].y[0] == pytest.approx(1.2)
@@ -261,7 +261,7 @@ def test_gap_time_figure_places_methods_and_the_retrain_line():
 
 
 def test_relearn_figure_one_line_per_model_with_curves():
-    fig = figures.relearn_figure(_results(), ["original", "mape", "salun", "retrain"])
+    fig = charts.relearn_figure(_results(), ["original", "mape", "salun", "retrain"])
     assert [t.name for t in fig.data] == ["mape", "retrain (reference)"]
     assert list(fig.data[0].y) == pytest.approx([0.0, 20.0, 60.0])
     assert fig.data[1].line.dash == "dash"

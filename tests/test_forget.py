@@ -1,12 +1,12 @@
-"""Tests for mape.forget: every selector, seeding, errors, and a property test."""
+"""Tests for mape.data.forget: every selector, seeding, errors, and a property test."""
 
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from mape.data import Dataset, Split
-from mape.errors import MapeError
-from mape.forget import MAX_FORGET_FRACTION, ForgetSet, retain_indices, select_forget
+from mape.base.errors import MapeError
+from mape.data.datasets import Dataset, Split
+from mape.data.forget import MAX_FORGET_FRACTION, ForgetSet, retain_indices, select_forget
 
 TEXTS = ["apple pie", "banana split", "Apple juice", "cherry tart", "banana bread",
          "date loaf", "apple crumble", "fig roll", "grape jam", "kiwi (green)"]

@@ -1,13 +1,13 @@
-"""The quality gate (mape.gate): bands judged on scripted runs, and one real case end to end on a small
+"""The quality gate (mape.evaluation.gate): bands judged on scripted runs, and one real case end to end on a small
 workspace. The full-size cases themselves run in CI after the tests (``python -m mape gate``)."""
 
 import json
 
 import pytest
 
-from mape import gate
 from mape.cli import main
-from mape.gate import (
+from mape.evaluation import gate
+from mape.evaluation.gate import (
     CASES,
     Case,
     CaseResult,

@@ -1,4 +1,4 @@
-"""mape.lessons: every lesson is a request its preset accepts, and the reading of a real run states exactly
+"""mape.serving.lessons: every lesson is a request its preset accepts, and the reading of a real run states exactly
 the numbers of the metrics table and the run summary (the words never disagree with the numbers)."""
 
 from __future__ import annotations
@@ -9,11 +9,14 @@ from dataclasses import replace
 
 import pytest
 
-from mape import app_support as S, lessons as LS
-from mape.forget import select_forget
-from mape.pipeline import UnlearnConfig, prepare, training_data, unlearn
-from mape.presets import PRESETS, load_dataset_for
-from mape.scenarios import check_forget_specs, parse_scenario
+from mape.data.forget import select_forget
+from mape.data.presets import PRESETS, load_dataset_for
+from mape.data.scenarios import check_forget_specs, parse_scenario
+from mape.run.config import UnlearnConfig
+from mape.run.unlearn import unlearn
+from mape.run.workspace import prepare, training_data
+from mape.serving import lessons as LS, wording
+from ui import render
 
 PCT = re.compile(r"\d+\.\d%")
 PTS = re.compile(r"\d+\.\d pts")
@@ -61,7 +64,7 @@ def test_only_lessons_of_offered_presets_are_shown():
 
 def table_numbers(result: dict) -> tuple[set[str], set[str]]:
     """The rates and the gaps the page's metrics table prints for this result."""
-    html = S.metrics_table_html(result["metrics"], result.get("gap_to_retrain"))
+    html = render.metrics_table_html(result["metrics"], result.get("gap_to_retrain"))
     return set(re.findall(r'class="mape-num">([^<]+)<', html)), set(PTS.findall(html))
 
 
@@ -75,10 +78,10 @@ def check_reading_states_the_table(lesson: LS.Lesson, result: dict) -> str:
     for key in LS.CITED[lesson.kind]:  # every cited metric, for each model, as the table prints it
         if key in m["unlearned"]:
             for model in ("original", "unlearned") + (("retrain",) if key != "loss_distance" else ()):
-                assert S.pct(m[model][key]) in text, (key, model, text)
-    summary = S.summary_markdown(result)
-    for words in (S.params_changed_text(result["params"]), S.units_text(result["selection"]),
-                  S.retrain_share_pct(result["update"])):
+                assert wording.pct(m[model][key]) in text, (key, model, text)
+    summary = wording.summary_markdown(result)
+    for words in (wording.params_changed_text(result["params"]), wording.units_text(result["selection"]),
+                  wording.retrain_share_pct(result["update"])):
         assert words in text and words in summary, (words, text)
     return text
 

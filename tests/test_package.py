@@ -72,7 +72,7 @@ def test_wheel_holds_the_engine_and_the_console_script(tmp_path):
         meta = zf.read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
         entry = zf.read(next(n for n in names if n.endswith(".dist-info/entry_points.txt"))).decode()
     modules = {n for n in names if n.endswith(".py")}
-    assert {p.relative_to(ROOT).as_posix() for p in (ROOT / "mape").glob("*.py")} == modules
+    assert {p.relative_to(ROOT).as_posix() for p in (ROOT / "mape").rglob("*.py")} == modules  # every layer
     assert re.search(r"^mape = mape\.cli:main$", entry, re.M)
     requires = re.findall(r"^Requires-Dist: (.*)$", meta, re.M)
     assert any(r.startswith("torch") for r in requires)

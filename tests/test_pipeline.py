@@ -7,9 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from mape import cache, pipeline
+from mape.base import cache
 from mape.cli import main
-from mape.pipeline import UnlearnConfig, prepare, unlearn, unlearn_successively
+from mape.run import unlearn as pipeline
+from mape.run.config import UnlearnConfig
+from mape.run.unlearn import unlearn, unlearn_successively
+from mape.run.workspace import prepare
 
 
 def _state(task):
@@ -67,7 +70,7 @@ def test_successive_requests_accumulate(bbc_ws):
 
 
 def test_retrain_is_cached_and_closer(bbc_ws, sport_run):
-    from mape.pipeline import retrain_model
+    from mape.run.workspace import retrain_model
 
     _, res = sport_run
     assert res.metrics["retrain"]["forget_acc"] <= 0.05
@@ -82,8 +85,8 @@ def test_retrain_is_cached_and_closer(bbc_ws, sport_run):
 def test_forget_target_comes_from_unused_training_examples(bbc_ws, monkeypatch):
     import dataclasses
 
-    from mape import pipeline as P
-    from mape.forget import select_forget
+    from mape.data.forget import select_forget
+    from mape.run import targets as P
 
     forget = select_forget("random:40", bbc_ws.dataset, 0)
     monkeypatch.setattr(P, "UNSEEN_EVAL_SIZE", 10**6)
@@ -119,7 +122,7 @@ def test_report_states_the_forget_target(bbc_ws):
     assert 0.5 < target["forget_acc"] <= 1 and "unused training examples" in target["source"]
     assert target["tolerance"] == UnlearnConfig().tolerance and 0 < target["retain_acc"] <= 1
     json.dumps(res)
-    from mape.app_support import summary_markdown
+    from mape.serving.wording import summary_markdown
 
     shown = summary_markdown(res)
     assert f"**Forget target:** {100 * target['forget_acc']:.1f}% forget accuracy ({target['source']})" in shown
@@ -187,15 +190,16 @@ def test_corrupt_cache_is_rebuilt(bbc_ws):
 def test_so_follow_up_steps_use_the_examples_not_yet_forgotten(bbc_ws, monkeypatch):
     """When one so step cannot reach the target, each further step takes its forget gradient on the
     forget examples the model still classifies correctly, and its retain gradient on the retain sample."""
-    from mape import pipeline, scoring
-    from mape.update import Target
+    from mape.method import scoring
+    from mape.method.update import Target
+    from mape.run import unlearn as pipeline
 
     # an unreachable accuracy-only target (as for a whole class), no stall or time stop: every step runs
     monkeypatch.setattr(pipeline, "forget_target",
                         lambda ws, forget, ra, tol, *rest: Target(-1.0, ra, tol))
     monkeypatch.setattr(pipeline, "_no_follow_up", lambda *args: None)
     monkeypatch.setattr(pipeline, "RUN_WORK_SHARE", float("inf"))
-    monkeypatch.setattr(pipeline, "_distil_follow_up", lambda *args: False)  # the so follow-ups, not mape.distil
+    monkeypatch.setattr(pipeline, "distil_follow_up", lambda *args: False)  # the so follow-ups, not mape.method.distil
     passes, real = [], scoring._gate_pass
 
     def recording(task, enc, *args, **kw):

@@ -23,13 +23,18 @@ import torch
 import transformers as T
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-import mape.pipeline as P
-from mape import cache, cli
-from mape.data import load_bbc, subsample_train
-from mape.errors import MapeError
-from mape.forget import select_forget
-from mape.models import TaskModel
-from mape.presets import PRESETS, build_start_model, custom_preset
+import mape.run.config as C
+import mape.run.unlearn as P
+import mape.run.workspace as W
+from mape import cli
+from mape.base import cache
+from mape.base.errors import MapeError
+from mape.data.datasets import load_bbc, subsample_train
+from mape.data.forget import select_forget
+from mape.data.presets import PRESETS, build_start_model, custom_preset
+from mape.method.models import TaskModel
+from mape.method.scoring import OBJECTIVES
+from mape.method.update import UPDATES
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
@@ -55,7 +60,7 @@ def tiny_ws():
     ds = subsample_train(load_bbc(), 60, 0)
     ds.test = ds.test.take(np.arange(80))  # a short test split keeps each measurement quick
     task = TaskModel(_tiny_bert_model(len(ds.classes)), "text", ds.classes, tokenizer=_tokenizer(), max_length=16)
-    return P.Workspace(PRESETS["test-minilm-bbc"], ds, task, torch.device("cpu"), "k", None)
+    return W.Workspace(PRESETS["test-minilm-bbc"], ds, task, torch.device("cpu"), "k", None)
 
 
 def _run_cli(argv):
@@ -107,7 +112,7 @@ def stub_pipeline(tiny_ws, monkeypatch):
         seen.append(sets)
         raise Reached()
 
-    monkeypatch.setattr(P, "prepare", lambda *a, **k: tiny_ws)
+    monkeypatch.setattr(W, "prepare", lambda *a, **k: tiny_ws)
     monkeypatch.setattr(P, "unlearn_successively", fake_unlearn_successively)
     monkeypatch.delenv("MAPE_DEBUG", raising=False)
     return seen
@@ -153,7 +158,7 @@ def test_cli_known_bad_inputs(stub_pipeline, argv):
 
 
 def test_cli_real_run_on_tiny_workspace(tiny_ws, monkeypatch, tmp_path):
-    monkeypatch.setattr(P, "prepare", lambda *a, **k: tiny_ws)
+    monkeypatch.setattr(W, "prepare", lambda *a, **k: tiny_ws)
     out = tmp_path / "r.json"
     rc, stdout, err = _run_cli(["unlearn", "--quiet", "--forget", "random:6", "--forget", "indices:0-2",
                                 "--objective", "random", "--update", "ga", "--step", "2", "--sparsity", "0.8",
@@ -193,7 +198,7 @@ def test_select_forget_only_raises_mape_error(tiny_ws, spec, seed):
        damping=st.one_of(FLOATS, ANY), lr=st.one_of(st.none(), FLOATS, ANY))
 def test_unlearn_config_validate_only_raises_mape_error(objective, update, sparsity, step, seed, retain_sample,
                                                         passes, tolerance, damping, lr):
-    config = P.UnlearnConfig(objective=objective, update=update, sparsity=sparsity, step=step, seed=seed,
+    config = C.UnlearnConfig(objective=objective, update=update, sparsity=sparsity, step=step, seed=seed,
                              retain_sample=retain_sample, greedy_passes=passes, tolerance=tolerance,
                              damping=damping, lr=lr)
     try:
@@ -201,12 +206,12 @@ def test_unlearn_config_validate_only_raises_mape_error(objective, update, spars
     except MapeError as e:
         assert str(e) and len(str(e).splitlines()) == 1
         return
-    assert config.objective in P.OBJECTIVES and config.update in P.UPDATES
+    assert config.objective in OBJECTIVES and config.update in UPDATES
     assert 0 < config.sparsity < 1 and not isinstance(config.sparsity, bool)
     assert config.step == "auto" or (math.isfinite(config.step) and config.step > 0)
     assert isinstance(config.seed, int) and 0 <= config.seed < 2**32
     assert config.retain_sample is None or (isinstance(config.retain_sample, int) and config.retain_sample >= 1)
-    assert isinstance(config.greedy_passes, int) and 0 <= config.greedy_passes <= P.MAX_GREEDY_PASSES
+    assert isinstance(config.greedy_passes, int) and 0 <= config.greedy_passes <= C.MAX_GREEDY_PASSES
     assert 0 <= config.tolerance <= 1 and math.isfinite(config.damping) and config.damping > 0
     assert config.lr is None or (math.isfinite(config.lr) and config.lr > 0)
     config.validate()  # idempotent
@@ -216,7 +221,7 @@ def test_unlearn_config_validate_only_raises_mape_error(objective, update, spars
 
 KILL_SCRIPT = textwrap.dedent("""
     import sys, torch
-    from mape import cache
+    from mape.base import cache
     model = torch.nn.Sequential(*[torch.nn.Linear(1000, 1000) for _ in range(6)])
     i = 0
     while True:
@@ -263,7 +268,7 @@ def test_killed_writer_leaves_no_corrupt_cache(tmp_path, monkeypatch, delay):
 
 KILL_BETWEEN_RENAMES = textwrap.dedent("""
     import os, signal, torch
-    from mape import cache
+    from mape.base import cache
     def filled(value):
         model = torch.nn.Linear(8, 8)
         with torch.no_grad():
@@ -430,7 +435,7 @@ def test_failure_midway_leaves_shared_model_untouched(tiny_ws, update, fail_at):
         if (isinstance(fail_at, int) and len(calls) > fail_at) or (isinstance(fail_at, str) and fail_at in stage):
             raise Boom(stage)
 
-    config = P.UnlearnConfig(objective="mlr", update=update, step=2 if update == "ga" else "auto",
+    config = C.UnlearnConfig(objective="mlr", update=update, step=2 if update == "ga" else "auto",
                              retain_sample=16, sparsity=0.8)
     with pytest.raises(Boom):
         P.unlearn(tiny_ws, "random:8", config, progress)
@@ -438,7 +443,7 @@ def test_failure_midway_leaves_shared_model_untouched(tiny_ws, update, fail_at):
     if fail_at != "measuring":
         return
     # and the workspace still works
-    res = P.unlearn(tiny_ws, "random:8", P.UnlearnConfig(objective="random", update="ga", step=1, retain_sample=16))
+    res = P.unlearn(tiny_ws, "random:8", C.UnlearnConfig(objective="random", update="ga", step=1, retain_sample=16))
     assert res.forget["size"] == 8
     _assert_untouched(tiny_ws, snap)
 
@@ -454,7 +459,7 @@ def test_out_of_memory_exits_2_with_one_line(tiny_ws, monkeypatch, tmp_path, exc
         raise exc
 
     monkeypatch.delenv("MAPE_DEBUG", raising=False)
-    monkeypatch.setattr(P, "prepare", boom if where == "prepare" else (lambda *a, **k: tiny_ws))
+    monkeypatch.setattr(W, "prepare", boom if where == "prepare" else (lambda *a, **k: tiny_ws))
     if where == "unlearn":
         monkeypatch.setattr(P, "search", boom)
     rc, _, err = _run_cli(["unlearn", "--quiet", "--forget", "random:4", "--out", str(tmp_path / "o.json")])
@@ -551,7 +556,7 @@ def test_unknown_architecture_is_a_clear_error(tmp_path, monkeypatch):
     data = _write_data_folder(tmp_path / "data")
     monkeypatch.setenv("MAPE_CACHE", str(tmp_path / "cache"))
     with pytest.raises(MapeError, match=r"no attention heads .* this tool knows"):
-        P.prepare(model=str(folder), data_dir=str(data), device="cpu")
+        W.prepare(model=str(folder), data_dir=str(data), device="cpu")
     assert not (tmp_path / "cache" / "original").exists() or not any((tmp_path / "cache" / "original").iterdir())
 
 
@@ -563,10 +568,10 @@ def test_offline_hub_ids_fail_fast_with_a_hub_message(tmp_path, monkeypatch, tin
     data = _write_data_folder(tmp_path / "data")
     t0 = time.perf_counter()
     with pytest.raises(MapeError, match=r"(?i)hub") as e:
-        P.prepare(model="mape-test-owner/no-such-model", data_dir=str(data), device="cpu")
+        W.prepare(model="mape-test-owner/no-such-model", data_dir=str(data), device="cpu")
     assert "mape-test-owner/no-such-model" in str(e.value) and len(str(e.value).splitlines()) == 1
     with pytest.raises(MapeError, match=r"(?i)hub") as e:
-        P.prepare(model=str(tiny_model_folder), data_dir="mape-test-owner/no-such-data", device="cpu")
+        W.prepare(model=str(tiny_model_folder), data_dir="mape-test-owner/no-such-data", device="cpu")
     assert "mape-test-owner/no-such-data" in str(e.value)
     assert time.perf_counter() - t0 < 20
 
@@ -574,7 +579,7 @@ def test_offline_hub_ids_fail_fast_with_a_hub_message(tmp_path, monkeypatch, tin
 # ---------------------------------------------------------------- 5. reproducibility
 
 def test_same_seed_same_result_random_objective_ga(tiny_ws):
-    cfg = lambda seed: P.UnlearnConfig(objective="random", update="ga", step=2, seed=seed,  # noqa: E731
+    cfg = lambda seed: C.UnlearnConfig(objective="random", update="ga", step=2, seed=seed,  # noqa: E731
                                        retain_sample=16, sparsity=0.7)
     a = P.unlearn(tiny_ws, "random:7", cfg(3))
     b = P.unlearn(tiny_ws, "random:7", cfg(3))
@@ -597,7 +602,7 @@ def test_stale_temporary_folders_are_cleaned(tmp_path, monkeypatch):
 
     import torch
 
-    from mape import cache
+    from mape.base import cache
 
     monkeypatch.setenv("MAPE_CACHE", str(tmp_path))
     parent = cache.entry_dir("original", "k1").parent

@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 import torch
 
-from mape import cache, pipeline
+from mape.base import cache
+from mape.base.errors import MapeError
+from mape.base.metrics import attack_success_rate
 from mape.cli import main
-from mape.data import Dataset, Split
-from mape.errors import MapeError
-from mape.forget import select_forget
-from mape.metrics import attack_success_rate
-from mape.scenarios import (
+from mape.data.datasets import Dataset, Split
+from mape.data.forget import select_forget
+from mape.data.scenarios import (
     MAX_TRIGGER_CHARS,
     add_patch,
     add_trigger,
@@ -23,6 +23,7 @@ from mape.scenarios import (
     scenario_dataset,
     triggered_test,
 )
+from mape.run import config as RC, unlearn as pipeline, workspace as RW
 
 WORDS = "the quick brown fox jumps over the lazy dog again and again".split()
 
@@ -168,14 +169,14 @@ SPEC = "backdoor:patch:0:20"
 
 @pytest.fixture(scope="module")
 def poisoned_ws():
-    return pipeline.prepare("test-vit-mnist", train_limit=300, device="cpu", scenario=SPEC)
+    return RW.prepare("test-vit-mnist", train_limit=300, device="cpu", scenario=SPEC)
 
 
 def test_scenario_has_its_own_cache_key(poisoned_ws):
-    clean = pipeline.prepare("test-vit-mnist", train_limit=300, device="cpu")
+    clean = RW.prepare("test-vit-mnist", train_limit=300, device="cpu")
     assert clean.scenario is None and poisoned_ws.scenario.spec == SPEC
     assert poisoned_ws.key != clean.key
-    assert pipeline.prepare("test-vit-mnist", train_limit=300, device="cpu", scenario=SPEC).key == poisoned_ws.key
+    assert RW.prepare("test-vit-mnist", train_limit=300, device="cpu", scenario=SPEC).key == poisoned_ws.key
     # the original was trained on the altered set: the workspace's training inputs carry the patch
     sc = poisoned_ws.scenario
     assert np.array_equal(poisoned_ws.train_y[sc.indices], np.zeros(20))
@@ -185,24 +186,24 @@ def test_scenario_has_its_own_cache_key(poisoned_ws):
 
 def test_retrain_excludes_exactly_the_altered_examples(poisoned_ws, monkeypatch):
     seen = []
-    real_train = pipeline.train
+    real_train = RW.train
 
     def recording_train(task, data, *args, **kwargs):
         seen.append(data)
         return real_train(task, data, *args, **kwargs)
 
-    monkeypatch.setattr(pipeline, "train", recording_train)
+    monkeypatch.setattr(RW, "train", recording_train)
     sc = poisoned_ws.scenario
     forget = select_forget("poisoned", poisoned_ws.dataset, 0)
-    key, _ = pipeline.retrain_cache_key(poisoned_ws, forget.indices)
+    key, _ = RW.retrain_cache_key(poisoned_ws, forget.indices)
     shutil.rmtree(cache.entry_dir("retrain", key), ignore_errors=True)  # train it here, whatever ran before
-    model, _, cached = pipeline.retrain_model(poisoned_ws, forget.indices)
+    model, _, cached = RW.retrain_model(poisoned_ws, forget.indices)
     assert not cached and len(seen) == 1
     data = seen[0]
     keep = np.setdiff1d(np.arange(len(poisoned_ws.train_y)), sc.indices)
     assert len(data) == len(poisoned_ws.train_y) - 20
     # the clean (unaltered) training examples, all of them, with their own labels
-    clean = pipeline.prepare("test-vit-mnist", train_limit=300, device="cpu")
+    clean = RW.prepare("test-vit-mnist", train_limit=300, device="cpu")
     assert torch.equal(data.inputs["pixel_values"], clean.train_enc.inputs["pixel_values"][keep])
     assert torch.equal(data.labels, torch.as_tensor(clean.train_y[keep]))
 
@@ -211,7 +212,7 @@ def test_asr_is_measured_on_triggered_non_target_test_examples(poisoned_ws):
     ws, sc = poisoned_ws, poisoned_ws.scenario
     forget = select_forget("poisoned", ws.dataset, 0)
     retain_idx = ws.retain_eval_indices(forget.indices)
-    other = pipeline.prepare("test-vit-mnist", train_limit=300, device="cpu").task  # a second, different model
+    other = RW.prepare("test-vit-mnist", train_limit=300, device="cpu").task  # a second, different model
     for task in (ws.task, other):
         # brute force: every test image of another class, patched, predicted by this model
         keep = np.flatnonzero(ws.test_y != sc.target)
@@ -220,7 +221,7 @@ def test_asr_is_measured_on_triggered_non_target_test_examples(poisoned_ws):
         expected = float((pred == sc.target).mean())
         assert pipeline.evaluate_model(ws, task, forget, retain_idx, 0)["asr"] == expected
     # the original's metrics (memoised predictions) agree with evaluating the original itself
-    orig = pipeline._model_metrics(ws, forget, ws.original_train_probs(forget.indices),
+    orig = pipeline.model_metrics(ws, forget, ws.original_train_probs(forget.indices),
                                    ws.original_train_probs(retain_idx), retain_idx, ws.original_test_probs(), 0)
     assert orig["asr"] == pipeline.evaluate_model(ws, ws.task, forget, retain_idx, 0)["asr"]
     assert orig["forget_acc_true"] == float((ws.original_train_probs(forget.indices).argmax(1)
@@ -228,8 +229,8 @@ def test_asr_is_measured_on_triggered_non_target_test_examples(poisoned_ws):
 
 
 def test_compare_reports_scenario_metrics(poisoned_ws, tmp_path):
-    from mape.baselines import BaselineConfig
-    from mape.compare import CompareResult, compare
+    from mape.evaluation.baselines import BaselineConfig
+    from mape.evaluation.compare import CompareResult, compare
 
     # forget set "poisoned": the same retrained model as the retrain test (cached, trained once)
     cmp = compare(poisoned_ws, "poisoned", ["mape"], seeds=[0], relearn_steps=0,
@@ -285,9 +286,9 @@ def test_unlearning_a_mislabel_scenario_measures_true_labels_and_no_asr():
     """Label noise end to end on the engine: forget ``poisoned`` on an original trained with 12 flipped
     labels; the metrics carry the forget accuracy against the true labels (computed here by brute force)
     and no attack success rate (no trigger in label noise)."""
-    ws = pipeline.prepare("test-vit-mnist", train_limit=300, device="cpu", scenario="mislabel:12")
+    ws = RW.prepare("test-vit-mnist", train_limit=300, device="cpu", scenario="mislabel:12")
     sc = ws.scenario
-    res = pipeline.unlearn(ws, "poisoned", pipeline.UnlearnConfig(step=0.05, retain_sample=64))
+    res = pipeline.unlearn(ws, "poisoned", RC.UnlearnConfig(step=0.05, retain_sample=64))
     assert res.scenario["spec"] == "mislabel:12" and sorted(res.forget_set.indices) == sorted(sc.indices)
     assert np.all(ws.train_y[sc.indices] != sc.original_labels)  # every altered label differs from the truth
     pred = res.unlearned.predict_proba(ws.train_enc.take(sc.indices)).argmax(1)  # the inputs the metrics use
@@ -298,30 +299,30 @@ def test_unlearning_a_mislabel_scenario_measures_true_labels_and_no_asr():
 
 
 def test_the_apps_scenario_choices_parse_and_fit_their_preset():
-    """The app's ready-made scenarios (app_support) are valid specs that resolve on their dataset (target
+    """The app's ready-made scenarios (mape.serving.offer) are valid specs that resolve on their dataset (target
     class exists, N not larger than the other classes hold), with a label and a one-line explanation; the
     forget selector ``poisoned`` with value ``all`` is the bare ``poisoned`` spec."""
-    from mape import app_support as S
-    from mape.scenarios import parse_scenario
+    from mape.data.scenarios import parse_scenario
+    from mape.serving import offer
 
-    assert S.scenario_specs("minilm-bbc", "text", [], 1781) == ("backdoor:cf:sport:40", "mislabel:40")
-    assert S.scenario_specs("vit-mnist", "image", [], 4000) == ("backdoor:patch:0:80", "mislabel:80")
-    text = S.scenario_specs("tiny-bbc", "text", ["business", "sport", "tech"], 400)
-    image = S.scenario_specs("tiny-mnist", "image", [str(d) for d in range(10)], 1500)
+    assert offer.scenario_specs("minilm-bbc", "text", [], 1781) == ("backdoor:cf:sport:40", "mislabel:40")
+    assert offer.scenario_specs("vit-mnist", "image", [], 4000) == ("backdoor:patch:0:80", "mislabel:80")
+    text = offer.scenario_specs("tiny-bbc", "text", ["business", "sport", "tech"], 400)
+    image = offer.scenario_specs("tiny-mnist", "image", [str(d) for d in range(10)], 1500)
     assert text == ("backdoor:cf:sport:8", "mislabel:8") and image == ("backdoor:patch:0:30", "mislabel:30")
-    for spec in text + image + S.READY_SCENARIOS["minilm-bbc"] + S.READY_SCENARIOS["vit-mnist"]:
+    for spec in text + image + offer.READY_SCENARIOS["minilm-bbc"] + offer.READY_SCENARIOS["vit-mnist"]:
         parsed = parse_scenario(spec)
-        assert parsed.kind in S.scenario_label(spec).lower().replace("mislabeled", "mislabel")
-        assert str(parsed.n) in S.scenario_label(spec) and str(parsed.n) in S.scenario_explanation(spec)
-    from mape.presets import get_preset, load_dataset_for
-    from mape.scenarios import resolve_scenario
+        assert parsed.kind in offer.scenario_label(spec).lower().replace("mislabeled", "mislabel")
+        assert str(parsed.n) in offer.scenario_label(spec) and str(parsed.n) in offer.scenario_explanation(spec)
+    from mape.data.presets import get_preset, load_dataset_for
+    from mape.data.scenarios import resolve_scenario
 
-    for name, specs in S.READY_SCENARIOS.items():  # the ready-made ones resolve on the data the app trains on
-        ds = load_dataset_for(get_preset(name), None, S.train_limit_for(name, False))
+    for name, specs in offer.READY_SCENARIOS.items():  # the ready-made ones resolve on the data the app trains on
+        ds = load_dataset_for(get_preset(name), None, offer.train_limit_for(name, False))
         for spec in specs:
             assert resolve_scenario(spec, ds).size == parse_scenario(spec).n
-    assert S.scenario_label("") == "Clean training data" and S.scenario_label("nonsense:1") == "nonsense:1"
+    assert offer.scenario_label("") == "Clean training data" and offer.scenario_label("nonsense:1") == "nonsense:1"
     with pytest.raises(MapeError):
-        S.scenario_explanation("backdoor::sport:4")
-    assert (S.compose_spec("poisoned", "all"), S.compose_spec("poisoned", ""), S.compose_spec("poisoned", "25%")) == (
-        "poisoned", "poisoned", "poisoned:25%")
+        offer.scenario_explanation("backdoor::sport:4")
+    composed = [offer.compose_spec("poisoned", v) for v in ("all", "", "25%")]
+    assert composed == ["poisoned", "poisoned", "poisoned:25%"]

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from mape.metrics import example_losses, ks_distance, loss_distance, mia_scores, rank_shift, scaled_confidence
-from mape.update import Check, MaskedParams, Target, separation, separation_margin, so_update
+from mape.base.metrics import example_losses, ks_distance, loss_distance, mia_scores, rank_shift, scaled_confidence
+from mape.method.update import Check, MaskedParams, Target, separation, separation_margin, so_update
 
 # --------------------------------------------------------------------------- per-example loss and confidence
 
@@ -129,7 +129,7 @@ def test_auto_step_does_not_overshoot_the_loss_distribution():
 
 
 def test_a_whole_class_still_goes_to_zero():
-    from mape.pipeline import WHOLE_CLASS_SLACK
+    from mape.run.config import WHOLE_CLASS_SLACK
 
     target = Target(forget_acc=0.0, retain_acc=0.97, slack=WHOLE_CLASS_SLACK)
     fa_of = lambda eta: max(0.0, 1.0 - 2.5 * eta)  # noqa: E731  (0.3 → 0.25, 1.0 → 0)
@@ -202,8 +202,8 @@ def test_part_of_a_class_may_not_break_the_rest_of_that_class():
 
 
 def test_part_of_a_class_focuses_the_retain_check_on_that_class(bbc_ws):
-    from mape.forget import select_forget
-    from mape.pipeline import forget_target
+    from mape.data.forget import select_forget
+    from mape.run.targets import forget_target
 
     labels = bbc_ws.train_y[:: max(1, len(bbc_ws.train_y) // 64)][:64]  # a retain check of every class
     sport = bbc_ws.dataset.classes.index("sport")
@@ -253,8 +253,8 @@ def test_the_auto_step_stops_before_retain_confidence_breaks():
 
 
 def test_check_measures_both_samples_losses(bbc_ws):
-    from mape.metrics import example_losses
-    from mape.update import check
+    from mape.base.metrics import example_losses
+    from mape.method.update import check
 
     enc = bbc_ws.train_enc.take(np.arange(24))
     c = check(bbc_ws.task, enc.take(np.arange(8)), enc.take(np.arange(8, 24)), 8)
@@ -269,15 +269,15 @@ def test_check_measures_both_samples_losses(bbc_ws):
 
 
 def test_target_reference_follows_the_forget_sets_class_mix(bbc_ws):
-    from mape.forget import select_forget
-    from mape.metrics import example_losses as losses_of
-    from mape.pipeline import forget_target, unseen_loss_reference
+    from mape.base.metrics import example_losses as losses_of
+    from mape.data.forget import select_forget
+    from mape.run.targets import forget_target, unseen_loss_reference
 
     probs, ys, _ = bbc_ws.unseen_reference()
     sport = bbc_ws.dataset.classes.index("sport")
     forget = select_forget("class:sport:40", bbc_ws.dataset, 0)
     ref = unseen_loss_reference(bbc_ws, forget, seed=0)
-    from mape.pipeline import retrained_prior_shift, shift_prior
+    from mape.run.targets import retrained_prior_shift, shift_prior
 
     delta = retrained_prior_shift(bbc_ws, forget)
     assert delta[sport] < 0 and all(d > 0 for c, d in enumerate(delta) if c != sport)  # sport depleted
@@ -294,7 +294,8 @@ def test_target_reference_follows_the_forget_sets_class_mix(bbc_ws):
 
 
 def test_unlearn_reports_the_distribution_target_and_loss_distance(bbc_ws):
-    from mape.pipeline import UnlearnConfig, unlearn
+    from mape.run.config import UnlearnConfig
+    from mape.run.unlearn import unlearn
 
     res = unlearn(bbc_ws, "random:24", UnlearnConfig(retrain=True, retain_sample=64, seed=0))
     out = res.to_json()
@@ -310,8 +311,9 @@ def test_unlearn_reports_the_distribution_target_and_loss_distance(bbc_ws):
 
 
 def test_follow_ups_work_on_the_examples_more_confident_than_their_unseen_counterpart(bbc_ws):
-    from mape.forget import select_forget
-    from mape.pipeline import _still_to_forget, unseen_loss_reference
+    from mape.data.forget import select_forget
+    from mape.run.follow_up import _still_to_forget
+    from mape.run.targets import unseen_loss_reference
 
     forget = select_forget("random:24", bbc_ws.dataset, 0)
     enc = bbc_ws.train_enc.take(forget.indices)
@@ -331,8 +333,8 @@ def test_follow_ups_work_on_the_examples_more_confident_than_their_unseen_counte
 def test_a_follow_up_starts_its_step_sizes_near_the_previous_step():
     """A follow-up's grid starts at the grid value at or below a third of the previous step, not at the
     smallest: on ViT · MNIST class:3 the restart from 0.01 spent three of a follow-up's six trials."""
-    from mape.pipeline import _follow_up_grid
-    from mape.update import SO_GRID
+    from mape.method.update import SO_GRID
+    from mape.run.follow_up import _follow_up_grid
 
     assert SO_GRID == (0.01, 0.03, 0.1, 0.3, 1.0)
     assert _follow_up_grid(0.13) == (0.03, 0.1, 0.3, 1.0)
@@ -344,11 +346,11 @@ def test_a_follow_up_starts_its_step_sizes_near_the_previous_step():
 def _hard_follow_up_case(bbc_ws):
     """A fresh clone of the BBC model, its MAPE search on random:24 and a target with both slacks at 0 (hard
     to reach exactly: a follow-up would be wanted). Returns (smp, task, mp, mg, evaluate, target)."""
-    from mape.adapters import unit_param_masks
-    from mape.forget import select_forget
-    from mape.pipeline import forget_target, request_samples
-    from mape.search import search
-    from mape.update import check
+    from mape.data.forget import select_forget
+    from mape.method.adapters import unit_param_masks
+    from mape.method.search import search
+    from mape.method.update import check
+    from mape.run.targets import forget_target, request_samples
 
     forget = select_forget("random:24", bbc_ws.dataset, 0)
     smp = request_samples(bbc_ws, forget, forget.indices, 0, 64)
@@ -364,12 +366,13 @@ def _hard_follow_up_case(bbc_ws):
 def test_follow_up_steps_never_outspend_a_zero_budget(bbc_ws):
     """With no work budget the first step tries one step size, the follow-ups stop before the first one and
     the report says so."""
-    from mape.pipeline import UnlearnConfig, _so_steps
-    from mape.update import Work
+    from mape.method.work import Work
+    from mape.run.config import UnlearnConfig
+    from mape.run.follow_up import follow_up_steps
 
     smp, task, mp, mg, evaluate, target = _hard_follow_up_case(bbc_ws)
     trial_work = len(smp.check_f) + len(smp.check_r)
-    report = _so_steps(task, mp, mg, smp.forget_enc, smp.retain_enc, UnlearnConfig(), evaluate, target, None,
+    report = follow_up_steps(task, mp, mg, smp.forget_enc, smp.retain_enc, UnlearnConfig(), evaluate, target, None,
                        work=Work(0.0), trial_work=trial_work)
     assert not report.reached_target  # with both slacks at 0 (measured: η 0.01 misses)
     assert report.stopped.startswith("work: another follow-up step") and not isinstance(report.step, list)
@@ -382,13 +385,14 @@ def test_follow_up_work_is_counted_and_a_seed_repeats_exactly(bbc_ws):
     step-size trial. A budget of one follow-up's gradients plus two trials admits exactly that follow-up
     with at most two trials, and the same inputs give the same report on any machine (a wall-clock
     deadline made the Ray executor's rows differ from the local ones on a slower CI machine)."""
-    from mape.pipeline import FOLLOW_UP_FORGET, FOLLOW_UP_RETAIN, UnlearnConfig, _so_steps, search_work
-    from mape.update import GRAD_WORK, Work
+    from mape.method.work import GRAD_WORK, Work
+    from mape.run.config import FOLLOW_UP_FORGET, FOLLOW_UP_RETAIN, UnlearnConfig
+    from mape.run.follow_up import follow_up_steps, search_work
 
     assert search_work(100, 400) == GRAD_WORK * 500
     smp, task, mp, mg, evaluate, target = _hard_follow_up_case(bbc_ws)
     trial_work = len(smp.check_f) + len(smp.check_r)
-    first = _so_steps(task, mp, mg, smp.forget_enc, smp.retain_enc, UnlearnConfig(so_steps=1), evaluate, target,
+    first = follow_up_steps(task, mp, mg, smp.forget_enc, smp.retain_enc, UnlearnConfig(so_steps=1), evaluate, target,
                       None, work=Work(float("inf")), trial_work=trial_work).work["spent"]  # the first step's trials
     assert first > 0 and first % trial_work == 0
     reports = []
@@ -396,7 +400,7 @@ def test_follow_up_work_is_counted_and_a_seed_repeats_exactly(bbc_ws):
         smp, task, mp, mg, evaluate, target = _hard_follow_up_case(bbc_ws)
         n_left = min(len(smp.forget_enc), FOLLOW_UP_FORGET)  # at most every forget example is left
         budget = first + GRAD_WORK * (n_left + min(len(smp.retain_enc), FOLLOW_UP_RETAIN)) + 2 * trial_work
-        reports.append(_so_steps(task, mp, mg, smp.forget_enc, smp.retain_enc, UnlearnConfig(), evaluate, target,
+        reports.append(follow_up_steps(task, mp, mg, smp.forget_enc, smp.retain_enc, UnlearnConfig(), evaluate, target,
                                  None, work=Work(budget), trial_work=trial_work))
     report = reports[0]
     rounds = [t["round"] for t in report.trials]
@@ -414,25 +418,26 @@ def test_a_follow_up_reuses_the_check_of_all_of_the_forget_set_and_counts_a_scan
     work less per follow-up. When D_f is scanned, the scan is counted: a budget that the reusing run spends
     exactly leaves the scanning run fewer trials (uncounted, the scan took BBC class:tech:120 seed 2's
     follow-up past its search on the clock)."""
-    from mape import pipeline
-    from mape.pipeline import UnlearnConfig, _so_steps
-    from mape.update import Work
+    from mape.method.work import Work
+    from mape.run import follow_up
+    from mape.run.config import UnlearnConfig
+    from mape.run.follow_up import follow_up_steps
 
-    scans, real = [], pipeline._still_to_forget
+    scans, real = [], follow_up._still_to_forget
 
     def counting(task, enc, *args, **kw):
         scans.append(len(enc))
         return real(task, enc, *args, **kw)
 
-    monkeypatch.setattr(pipeline, "_still_to_forget", counting)
-    monkeypatch.setattr(pipeline, "_no_follow_up", lambda *args: None)  # every follow-up runs
+    monkeypatch.setattr(follow_up, "_still_to_forget", counting)
+    monkeypatch.setattr(follow_up, "_no_follow_up", lambda *args: None)  # every follow-up runs
     strip = lambda r: {k: v for k, v in r.to_json().items() if k not in ("step_seconds", "work")}  # noqa: E731
 
     def run(covers: bool, budget: float):
         scans.clear()
         smp, task, mp, mg, evaluate, target = _hard_follow_up_case(bbc_ws)
         assert len(smp.check_f) == len(smp.forget_enc) == 24
-        report = _so_steps(task, mp, mg, smp.forget_enc, smp.retain_enc, UnlearnConfig(so_steps=3), evaluate,
+        report = follow_up_steps(task, mp, mg, smp.forget_enc, smp.retain_enc, UnlearnConfig(so_steps=3), evaluate,
                            target, None, work=Work(budget), trial_work=len(smp.check_f) + len(smp.check_r),
                            check_covers_forget=covers)
         return report, list(scans)
@@ -452,11 +457,13 @@ def test_a_whole_class_follow_up_measures_all_of_the_class(bbc_ws):
     1: 1.25 % of the class left). Scripted here as a check sample that always reads 0: with ``evaluate_on``
     the follow-ups measure all of D_f, go on while any example is right and check their step sizes on those
     examples; without them the first step's reading ends the run."""
-    from mape.adapters import unit_param_masks
-    from mape.forget import select_forget
-    from mape.pipeline import UnlearnConfig, _so_steps, forget_target, request_samples
-    from mape.search import search
-    from mape.update import check
+    from mape.data.forget import select_forget
+    from mape.method.adapters import unit_param_masks
+    from mape.method.search import search
+    from mape.method.update import check
+    from mape.run.config import UnlearnConfig
+    from mape.run.follow_up import follow_up_steps
+    from mape.run.targets import forget_target, request_samples
 
     forget = select_forget("class:sport", bbc_ws.dataset, 0)
     runs = {}
@@ -475,9 +482,9 @@ def test_a_whole_class_follow_up_measures_all_of_the_class(bbc_ws):
         start = evaluate()
         target = forget_target(bbc_ws, forget, start.retain_acc, 0.5, 0, start.retain_losses)
         assert target.whole_class and target.to_json()["whole_class"]
-        report = _so_steps(task, mp, mg, smp.forget_enc, smp.retain_enc, UnlearnConfig(so_steps=3), evaluate, target,
-                           None, trial_work=len(smp.check_f) + len(smp.check_r),
-                           evaluate_on=evaluate_on if class_checks else None)
+        report = follow_up_steps(task, mp, mg, smp.forget_enc, smp.retain_enc, UnlearnConfig(so_steps=3), evaluate,
+                                 target, None, trial_work=len(smp.check_f) + len(smp.check_r),
+                                 evaluate_on=evaluate_on if class_checks else None)
         right = task.predict_proba(smp.forget_enc).argmax(1) == smp.forget_enc.labels.numpy()
         runs[class_checks] = (report, right)
     plain, right_plain = runs[False]
@@ -497,10 +504,11 @@ def test_scrub_changes_only_the_transformer_layers_and_moves_away_from_the_teach
     memorised the 32 forget digits (60 epochs on them alone: forget accuracy ≥ 0.9, mean loss ≈ 0.75 against
     ≈ 1.7 before), so there is training-data confidence to remove. Without that step the tiny model is barely
     better than chance on D_f and the change of the forget loss is noise of either sign (it failed on CI)."""
-    from mape.baselines import BaselineConfig, _context, _evaluator, layer_params, scrub
-    from mape.forget import select_forget
-    from mape.pipeline import forget_target
-    from mape.train import train
+    from mape.data.forget import select_forget
+    from mape.evaluation.baseline_rules import layer_params, scrub
+    from mape.evaluation.baselines import BaselineConfig, _context, _evaluator
+    from mape.method.train import train
+    from mape.run.targets import forget_target
     from tests.test_baselines import TINY_RECIPE, tiny_workspace
 
     ws = tiny_workspace()
@@ -540,14 +548,14 @@ def _kl(teacher, student, enc) -> float:
 
 
 def test_scrub_is_a_compare_method():
-    from mape.baselines import BASE_METHODS, DEFAULT_METHODS, parse_method
+    from mape.evaluation.baselines import BASE_METHODS, DEFAULT_METHODS, parse_method
 
     assert "scrub" in BASE_METHODS and "scrub" in DEFAULT_METHODS
     assert parse_method("SCRUB").kind == "scrub"
 
 
 def test_compare_rows_carry_loss_distance():
-    from mape.compare import _row
+    from mape.evaluation.rows import _row
 
     rng = np.random.default_rng(0)
     ref_losses, mine = rng.exponential(1.0, 50), rng.exponential(0.01, 50)
@@ -560,8 +568,8 @@ def test_compare_rows_carry_loss_distance():
 
 
 def test_loss_distribution_figure_shows_every_model_over_the_unseen_area():
-    from mape.figures import loss_distribution_figure
-    from mape.pipeline import loss_histograms
+    from mape.run.targets import loss_histograms
+    from mape.serving.charts import loss_distribution_figure
 
     rng = np.random.default_rng(0)
     hist = loss_histograms({"original": rng.exponential(1e-4, 50), "unlearned": rng.exponential(1e-2, 50),
@@ -583,9 +591,12 @@ def test_a_run_reports_its_share_of_a_retrains_work_and_stops_within_half(bbc_ws
     """The whole run (search, step-size trials, follow-ups) is counted against a retrain's work (the preset's
     epochs over every retained example, GRAD_WORK each) and stays within RUN_WORK_SHARE of it; a smaller
     share leaves fewer trials and says why it stopped."""
-    from mape import pipeline
-    from mape.pipeline import RUN_WORK_SHARE, UnlearnConfig, request_samples, search_work, unlearn
-    from mape.update import GRAD_WORK
+    from mape.method.work import GRAD_WORK
+    from mape.run import unlearn as pipeline
+    from mape.run.config import RUN_WORK_SHARE, UnlearnConfig
+    from mape.run.follow_up import search_work
+    from mape.run.targets import request_samples
+    from mape.run.unlearn import unlearn
 
     res = unlearn(bbc_ws, "class:sport:24", UnlearnConfig(retain_sample=48, seed=1))
     work = res.update["work"]
@@ -608,9 +619,10 @@ def test_a_run_reports_its_share_of_a_retrains_work_and_stops_within_half(bbc_ws
 
 def test_no_update_when_the_forget_set_already_looks_unseen(bbc_ws, monkeypatch):
     """First, do no harm: when the starting model already meets the target, nothing changes."""
-    from mape import pipeline
-    from mape.pipeline import UnlearnConfig, unlearn
-    from mape.update import Target
+    from mape.method.update import Target
+    from mape.run import unlearn as pipeline
+    from mape.run.config import UnlearnConfig
+    from mape.run.unlearn import unlearn
 
     monkeypatch.setattr(pipeline, "forget_target", lambda ws, forget, ra, tol, *rest: Target(1.0, ra, tol, slack=1.0))
     res = unlearn(bbc_ws, "random:16", UnlearnConfig(retain_sample=48))
@@ -619,7 +631,7 @@ def test_no_update_when_the_forget_set_already_looks_unseen(bbc_ws, monkeypatch)
     a, b = res.unlearned.model.state_dict(), bbc_ws.task.model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert res.metrics["unlearned"]["forget_acc"] == res.metrics["original"]["forget_acc"]
-    from mape.app_support import summary_markdown
+    from mape.serving.wording import summary_markdown
 
     shown = summary_markdown(res.to_json())  # the page says so, in words that match the numbers
     assert "none: the forget set already looks the way it would" in shown and "stopped early" not in shown
@@ -628,7 +640,7 @@ def test_no_update_when_the_forget_set_already_looks_unseen(bbc_ws, monkeypatch)
 
 
 def test_a_follow_up_is_undone_when_it_harms_or_makes_no_progress():
-    from mape.pipeline import _no_follow_up
+    from mape.run.follow_up import _no_follow_up
 
     t = Target(forget_acc=0.0, retain_acc=1.0, tolerance=0.02)
     start = Check(0.5, 1.0)

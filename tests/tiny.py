@@ -3,7 +3,7 @@
 import torch
 import transformers as T
 
-from mape.models import Encoded, TaskModel
+from mape.method.models import Encoded, TaskModel
 
 
 def tiny_bert(num_labels: int = 3, seed: int = 0, arch: str = "bert", dtype=torch.float32) -> TaskModel:

@@ -8,9 +8,10 @@ import os
 
 import gradio as gr
 
-from mape import app_support as S, serving
-from mape.errors import MapeError
-from mape.presets import DEFAULT_PRESET
+from mape.base.errors import MapeError
+from mape.base.jsonsafe import json_safe
+from mape.data.presets import DEFAULT_PRESET
+from mape.serving import offer, owner as serving
 from ui import compare as cmp, method
 from ui.common import EXPLAIN, INTERACTIVE
 
@@ -83,7 +84,7 @@ def make_api_compare(allowed: list[str]):
 
 
 def _own_text(preset: str, text: str, allowed: list[str]) -> str:
-    from mape.presets import PRESETS
+    from mape.data.presets import PRESETS
 
     if preset not in allowed:
         raise gr.Error(f"Unknown preset '{preset}'; choose one of: {', '.join(allowed)}.", print_exception=False)
@@ -115,7 +116,7 @@ def make_api_explain(allowed: list[str]):
             out = serving.explain(preset, None, x, None)["original"]
         except MapeError as exc:
             raise gr.Error(str(exc), print_exception=False) from None
-        return S.to_jsonable({"tokens": list(out["tokens"]), "scores": out["scores"], "target": out["target"],
+        return json_safe({"tokens": list(out["tokens"]), "scores": out["scores"], "target": out["target"],
                               "prob": out["prob"]})
 
     return explain
@@ -126,7 +127,7 @@ def api_unlearn(preset: str, forget: str, objective: str = "mlr", sparsity: floa
     """One unlearning request without the UI: validate (gr.Error with a clear message), run, return the
     results JSON (``RunResult.to_json()``, strict JSON; full test split and 1,000 retain examples).
     ``scenario``: the training-data scenario ("" = clean data)."""
-    allowed = allowed or S.app_preset_names()
+    allowed = allowed or offer.app_preset_names()
     name = serving.served_name(preset, scenario)
     try:
         cfg = method.config(objective, sparsity, update, "auto", seed, retrain, _retain_sample(), 1)

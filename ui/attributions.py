@@ -1,7 +1,7 @@
 """⑦ Attributions before / after (Captum integrated gradients): token heatmaps for text, pixel heatmaps
 for images, for an example of the last run or the user's own input. The first forget example is
 explained by itself after each run. The attributions run on private copies of the models
-(:func:`mape.serving.explain`), so predictions asked for meanwhile are not disturbed."""
+(:func:`mape.serving.owner.explain`), so predictions asked for meanwhile are not disturbed."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ from types import SimpleNamespace
 
 import gradio as gr
 
-from mape import app_support as S, figures as FG, serving
-from mape.errors import MapeError
+from mape.base.errors import MapeError
+from mape.serving import figures as FG, owner as serving
+from ui import render
 from ui.common import EMPTY_RESULTS, EXPLAIN, error_html
 from ui.predictions import custom_input
 
@@ -100,7 +101,7 @@ def on_explain(choice, state, text, image):
                  FG.token_heatmap_html(u["tokens"], u["scores"], f"After (MAPE): p({cls}) = {100 * u['prob']:.1f}%")]
         head = (f"<div style='margin-bottom:8px;'>Integrated gradients for class <b>{html.escape(cls)}</b> on "
                 f"{html.escape(label)}. Scores are normalised per model.</div>")
-        return head + S.side_by_side_html(parts), gr.skip()
+        return head + render.side_by_side_html(parts), gr.skip()
     fig = FG.image_attribution_figure(
         o["pixels"], o["heatmap"], u["heatmap"],
         titles=(f"input · {label.split(' (')[0]}", f"before: p({cls}) = {100 * o['prob']:.1f}%",

@@ -2,8 +2,8 @@
 screen starting from the session's unlearned model (as ``python -m mape unlearn`` with a repeated ``--forget``),
 a timeline of the session's requests and a heatmap of the units earlier requests, this one or both selected;
 "Back to the original" starts over. The chain is the session's own: it lives in ``page.live.state`` (the
-last run, with the accumulated delta and every request, :mod:`mape.chain`); the shared original never
-changes (:mod:`mape.serving` starts each request from a private copy)."""
+last run, with the accumulated delta and every request, :mod:`mape.serving.chain`); the shared original
+never changes (:mod:`mape.serving.owner` starts each request from a private copy)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from types import SimpleNamespace
 
 import gradio as gr
 
-from mape import app_support as S, chain as CH, figures as FG, serving
-from mape.errors import MapeError
+from mape.base.errors import MapeError
+from mape.serving import chain as CH, figures as FG, offer, owner as serving
 from ui import live_search, method
 from ui.common import fmt_status, title_of
 
@@ -59,7 +59,7 @@ def wire(page) -> None:
             gr.Warning(str(exc))
             yield {L.status: fmt_status("error", str(exc))}
             return
-        yield from live_search.run(page, name, S.compose_spec(kind_v, value_v), owner, values, flags, progress,
+        yield from live_search.run(page, name, offer.compose_spec(kind_v, value_v), owner, values, flags, progress,
                                    base=base)
 
     C.more_btn.click(on_more, [page.model.preset, page.model.scenario, f.kind, f.value, f.owner]

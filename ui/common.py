@@ -9,9 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 
-from mape import app_support as S, serving
-from mape.errors import MapeError
-from mape.presets import DEFAULT_PRESET, PRESETS
+from mape.base.errors import MapeError
+from mape.data.presets import DEFAULT_PRESET, PRESETS
+from mape.serving import files, offer, owner as serving
 
 TMP_ROOT = Path(tempfile.gettempdir()) / "mape-app"
 #: the page's default retain sample for the scores on a CPU: the default run answers within about half a
@@ -19,7 +19,7 @@ TMP_ROOT = Path(tempfile.gettempdir()) / "mape-app"
 CPU_RETAIN_SAMPLE = 256
 #: the queues of the page. A prediction (Predict, the trigger tester) is one forward pass and has a queue of
 #: its own, so it never waits behind explanations (integrated gradients: seconds each) or runs (minutes);
-#: both work on private copies of the models (mape.serving), so they can run side by side.
+#: both work on private copies of the models (mape.serving.owner), so they can run side by side.
 INTERACTIVE = dict(concurrency_id="interactive", concurrency_limit=4)
 EXPLAIN = dict(concurrency_id="explain", concurrency_limit=2)
 EMPTY_RESULTS = '<div class="mape-empty" style="color:#6b7280;padding:8px 0;">Run unlearning to see results here.</div>'
@@ -42,7 +42,7 @@ class Context:
 
 
 def context(presets=None, concurrency: int | None = None) -> Context:
-    names = S.app_preset_names(presets)
+    names = offer.app_preset_names(presets)
     available = [n for n in names if PRESETS[n].availability()[0]]
     default = DEFAULT_PRESET if DEFAULT_PRESET in available else (available or names)[0]
     classes, modality = classes_of(default)
@@ -57,7 +57,7 @@ def new_page(ctx: Context) -> SimpleNamespace:
 
 
 def preset_of(name: str):
-    """The Preset of a served name (``preset`` or ``preset@scenario``, see mape.serving.served_name)."""
+    """The Preset of a served name (``preset`` or ``preset@scenario``, see mape.serving.owner.served_name)."""
     return PRESETS[serving.split_name(name)[0]]
 
 
@@ -84,7 +84,7 @@ def default_kv(name: str) -> tuple[str, str]:
     if serving.split_name(name)[1]:
         return "poisoned", "all"
     classes, modality = classes_of(name)
-    return S.default_forget(modality, classes)
+    return offer.default_forget(modality, classes)
 
 
 def pill(kind: str) -> str:
@@ -111,5 +111,5 @@ def error_html(message: str) -> str:
 def tmp_folder(prefix: str) -> Path:
     """A fresh folder for download files (old ones are cleaned up)."""
     TMP_ROOT.mkdir(parents=True, exist_ok=True)
-    S.clean_old_files(TMP_ROOT)
+    files.clean_old_files(TMP_ROOT)
     return Path(tempfile.mkdtemp(prefix=prefix, dir=TMP_ROOT))

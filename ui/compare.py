@@ -9,8 +9,8 @@ from types import SimpleNamespace
 
 import gradio as gr
 
-from mape import app_support as S, figures as FG, serving
-from mape.errors import MapeError
+from mape.base.errors import MapeError
+from mape.serving import charts, figures as FG, offer, owner as serving
 from ui import method
 from ui.common import fmt_status, tmp_folder
 from ui.model_data import model_status
@@ -85,7 +85,7 @@ def wire(page) -> None:
     def on_compare(preset_name, scenario, kind_v, value_v, owner, methods_v, seeds_v, relearn_v, sparsity_v, retain_v,
                    tol_v, flags, progress=gr.Progress()):
         name = serving.served_name(preset_name, scenario)
-        yield from _compare(page, name, S.compose_spec(kind_v, value_v), owner,
+        yield from _compare(page, name, offer.compose_spec(kind_v, value_v), owner,
                             (methods_v, seeds_v, relearn_v, sparsity_v, retain_v, tol_v), flags, progress)
 
     C.btn.click(on_compare, [page.model.preset, page.model.scenario, f.kind, f.value, f.owner, C.methods, C.seeds,
@@ -147,8 +147,8 @@ def _compare(page, preset_name, spec, owner, values, flags, progress):
 def request(preset_name: str, spec: str, methods, seeds, relearn, sparsity, retain_sample, tolerance,
             allowed: list[str] | None = None) -> dict:
     """Validated comparison settings ({methods, seeds, relearn, config}); MapeError with a clear message."""
-    from mape.baselines import BaselineConfig, parse_methods
-    from mape.compare import parse_seeds
+    from mape.evaluation.baselines import BaselineConfig, parse_methods
+    from mape.evaluation.compare import parse_seeds
 
     names = [m.strip() for m in (methods.split(",") if isinstance(methods, str) else methods or []) if m and m.strip()]
     specs = [m for m in parse_methods(names) if m.name != "retrain"] if names else []
@@ -183,19 +183,19 @@ def show(page, res, wall_s: float = 0.0, status: str | None = None) -> dict:
     if ref_t is not None and status is None:
         done += f" Retrain took {ref_t:.1f} s" + (" (from the cache)." if res.runs and all(
             (r["methods"]["retrain"].get("details") or {}).get("cached") for r in res.runs) else ".")
-    relearn = (FG.relearn_figure(res.results, res.names())
+    relearn = (charts.relearn_figure(res.results, res.names())
                if any("relearn" in res.results.get(n, {}) for n in res.names())
                else FG.empty_figure("Relearn test: not run (relearn steps = 0)", 360))
-    chart = FG.metrics_figure(res.rows())
+    chart = charts.metrics_figure(res.rows())
     chart.update_layout(legend=dict(orientation="h", y=-0.14, x=0.5, xanchor="center"), margin=dict(b=90))
     return {C.status: fmt_status("done", done), C.table: res.markdown(), C.plot: chart,
-            C.gap_plot: FG.gap_time_figure(res.results, res.methods, best), C.relearn_plot: relearn,
+            C.gap_plot: charts.gap_time_figure(res.results, res.methods, best), C.relearn_plot: relearn,
             C.dl_json: gr.DownloadButton(value=str(json_path), interactive=True),
             C.dl_md: gr.DownloadButton(value=str(md_path), interactive=True)}
 
 
 def open_saved(page, files) -> dict:
-    from mape.compare import open_saved as open_files
+    from mape.evaluation.compare import open_saved as open_files
 
     paths = [f if isinstance(f, str) else getattr(f, "name", str(f)) for f in (files or [])]
     try:
@@ -213,7 +213,7 @@ def open_saved(page, files) -> dict:
 
 def open_audit(page, file) -> dict:
     """A saved audit (``python -m mape audit --out``): its table and the per-example ε histogram."""
-    from mape.audit import audit_markdown, open_saved_audit
+    from mape.evaluation.audit import audit_markdown, open_saved_audit
 
     path = file if isinstance(file, str) else getattr(file, "name", str(file))
     try:
@@ -229,7 +229,7 @@ def open_audit(page, file) -> dict:
     C = page.compare
     text = (f"Opened audit: {res['preset']} · {res['forget']} · N = {res['models']} models per population. "
             f"{res['sanity']['note'][:1].upper()}{res['sanity']['note'][1:]}.")
-    return {**reset(page), C.status: fmt_status("done", text), C.table: table, C.plot: FG.audit_epsilon_figure(res)}
+    return {**reset(page), C.status: fmt_status("done", text), C.table: table, C.plot: charts.audit_epsilon_figure(res)}
 
 
 def views(page) -> list:

@@ -7,8 +7,8 @@ from types import SimpleNamespace
 
 import gradio as gr
 
-from mape import app_support as S, chain as CH, serving
-from mape.errors import MapeError
+from mape.base.errors import MapeError
+from mape.serving import chain as CH, files, owner as serving
 from ui.common import EXPLAIN, tmp_folder
 
 
@@ -35,11 +35,11 @@ def outputs(page) -> list:
 def show(page, run: dict, meta: dict) -> dict:
     D = page.downloads
     folder = tmp_folder("run-")
-    json_path = S.write_results_json(CH.results_json(run), folder)  # a chain: every request
-    masks_path = S.write_masks(run["heads"], run["filters"], folder, run["head_scores"], run["filter_scores"], meta)
-    small = S.model_size_mb(run["result"]["params"]["total"]) < S.MODEL_FILE_LIMIT_MB
+    json_path = files.write_results_json(CH.results_json(run), folder)  # a chain: every request
+    masks_path = files.write_masks(run["heads"], run["filters"], folder, run["head_scores"], run["filter_scores"], meta)
+    small = files.model_size_mb(run["result"]["params"]["total"]) < files.MODEL_FILE_LIMIT_MB
     label = ("Build unlearned model (.safetensors)" if small
-             else f"Model too large to download here (> {S.MODEL_FILE_LIMIT_MB} MB)")
+             else f"Model too large to download here (> {files.MODEL_FILE_LIMIT_MB} MB)")
     return {D.dl_json: gr.DownloadButton(value=str(json_path), interactive=True),
             D.dl_masks: gr.DownloadButton(value=str(masks_path), interactive=True),
             D.export_btn: gr.Button(interactive=small, value=label), D.model_file: gr.File(value=None, visible=False)}

@@ -16,9 +16,10 @@ from types import SimpleNamespace
 import gradio as gr
 import numpy as np
 
-from mape import app_support as S, serving
-from mape.errors import MapeError
-from mape.forget import select_forget
+from mape.base.errors import MapeError
+from mape.data.forget import select_forget
+from mape.serving import offer, owner as serving
+from ui import render
 from ui.common import classes_of, default_kv, preset_of
 
 KINDS_TEXT = [("random sample", "random"), ("whole class / class sample", "class"),
@@ -38,7 +39,7 @@ DISABLE_RUN_JS = "() => { const b = document.querySelector('#run-btn'); if (b) {
 
 def build(ctx) -> SimpleNamespace:
     gr.Markdown("## ② Forget set — what should the model forget?", elem_classes=["mape-section"])
-    kind0, value0 = S.default_forget(ctx.modality, ctx.classes)
+    kind0, value0 = offer.default_forget(ctx.modality, ctx.classes)
     with gr.Row():
         kind = gr.Dropdown(KINDS_IMAGE if ctx.modality == "image" else KINDS_TEXT, value=kind0, label="Selector",
                            scale=1, elem_id="forget-kind")
@@ -116,7 +117,7 @@ def kind_default(kind: str, classes: list[str], modality: str) -> str:
     if kind == "poisoned":
         return "all"
     if kind == "class":
-        return S.default_forget(modality, classes)[1] if modality == "image" else (
+        return offer.default_forget(modality, classes)[1] if modality == "image" else (
             "sport" if "sport" in classes else classes[0])
     return "football|rugby" if kind == "match" else "0-19"
 
@@ -134,7 +135,7 @@ def preview(preset_name, scenario, kind_v, value_v, seed_v):
 
 def preview_named(preset_name, kind_v, value_v, seed_v):
     """:func:`preview` of a served name (``preset`` or ``preset@scenario``: the selector's owner)."""
-    spec = S.compose_spec(kind_v, value_v)
+    spec = offer.compose_spec(kind_v, value_v)
     modality = preset_of(preset_name).modality
     empty_table = gr.Dataframe(value=[], visible=modality == "text")
     empty_gallery = gr.Gallery(value=[], visible=modality == "image")
@@ -147,14 +148,14 @@ def preview_named(preset_name, kind_v, value_v, seed_v):
     except MapeError as exc:
         return (f"<div class='mape-error' style='color:#b91c1c;font-weight:600;'>⚠️ {html.escape(str(exc))}</div>",
                 empty_table, empty_gallery)
-    counts = S.class_counts_html(ds.classes, ds.train.y[fs.indices], ds.train.y, spec)
+    counts = render.class_counts_html(ds.classes, ds.train.y[fs.indices], ds.train.y, spec)
     first = fs.indices[:48]
     label = _labeller(ds)
     counts += _altered_note(ds, fs.indices)
     if ds.modality == "text":
-        rows = [[int(i), label(i), S.shorten(ds.train.x[i], 220)] for i in first[:30]]
+        rows = [[int(i), label(i), render.shorten(ds.train.x[i], 220)] for i in first[:30]]
         return counts, gr.Dataframe(value=rows, visible=True), empty_gallery
-    imgs = [(S.upscale(ds.train.x[i], 3), f"#{int(i)} · {label(i)}") for i in first]
+    imgs = [(render.upscale(ds.train.x[i], 3), f"#{int(i)} · {label(i)}") for i in first]
     return counts, empty_table, gr.Gallery(value=imgs, visible=True)
 
 

@@ -1,4 +1,4 @@
-"""⓪ Start here: the page's header and the lessons — one-click experiments (mape.lessons) for a first visit.
+"""⓪ Start here: the page's header and the lessons — one-click experiments (mape.serving.lessons) for a first visit.
 
 A lesson fills in the controls below it (preset, training data, forget set, method, with the retrained
 model on), so the visitor sees which settings it used and can change them for an experiment of their own,
@@ -6,7 +6,7 @@ then runs through the Run handler (:func:`ui.live_search.run`). The lesson's val
 run, not through the controls, so what runs is the lesson even before the browser has the new controls;
 the page's sections react to the visitor's preset switches (``.input``), not to the lesson's (see
 ui.model_data.wire). After the run, the top of ⑤ Results shows the lesson's reading of its own numbers
-(:func:`mape.lessons.reading`); a run the visitor starts hides it (ui.results.hide_reading).
+(:func:`mape.serving.lessons.reading`); a run the visitor starts hides it (ui.results.hide_reading).
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from types import SimpleNamespace
 
 import gradio as gr
 
-from mape import app_support as S, lessons as LS, serving
-from mape.presets import PRESETS
+from mape.data.presets import PRESETS
+from mape.serving import lessons as LS, offer, owner as serving
 from ui import compare, forget_set, live_search, method, model_data, predictions, results
 from ui.common import classes_of, fmt_status, title_of
 
@@ -63,7 +63,7 @@ def build(ctx) -> SimpleNamespace:
 def setting_line(lesson: LS.Lesson) -> str:
     """'MiniLM · BBC News … · clean data · forget class:sport'."""
     base = PRESETS[lesson.preset].title
-    data = S.scenario_label(lesson.scenario) if lesson.scenario else "clean data"
+    data = offer.scenario_label(lesson.scenario) if lesson.scenario else "clean data"
     return f"{base} · {data} · forget {lesson.forget}"
 
 
@@ -114,7 +114,7 @@ def fill(page, lesson: LS.Lesson) -> dict:
     counts, table, gallery = forget_set.preview_named(name, kind, value, lesson.seed)
     out = {m.preset: gr.Dropdown(value=lesson.preset), m.description: model_data.preset_description(lesson.preset),
            m.scenario: gr.Dropdown(choices=model_data.scenario_choices(lesson.preset), value=lesson.scenario),
-           m.scenario_note: S.scenario_explanation(lesson.scenario), m.status: model_data.model_status(name),
+           m.scenario_note: offer.scenario_explanation(lesson.scenario), m.status: model_data.model_status(name),
            f.kind: gr.Dropdown(choices=forget_set.kinds_for(modality, name), value=kind),
            f.value: gr.Textbox(value=value, info=forget_set.kind_info(kind, classes)), f.owner: name,
            f.counts: counts, f.table: table, f.gallery: gallery, page.method.run_btn: gr.Button(interactive=True),

@@ -1,6 +1,6 @@
 """④ Mask search (live): the run status, the head / filter heatmaps and the per-layer counts, which fill
 in as the search proceeds (warm start, then each refined layer). It also holds the Run handler: it
-streams the engine's events (:func:`mape.serving.run`) and, when the run is done, lets every result
+streams the engine's events (:func:`mape.serving.owner.run`) and, when the run is done, lets every result
 section show its part (results, predictions, attributions, downloads)."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from types import SimpleNamespace
 
 import gradio as gr
 
-from mape import app_support as S, figures as FG, serving
-from mape.errors import MapeError
+from mape.base.errors import MapeError
+from mape.serving import figures as FG, offer, owner as serving
 from ui import attributions, downloads, method, predictions, results
 from ui.common import default_kv, fmt_status, title_of
 from ui.model_data import model_status, preparing_status
@@ -54,7 +54,7 @@ def wire(page) -> None:
                retain, passes, joint, tolerance, flags, progress=gr.Progress()):
         values = (objective, sparsity, update, step, seed, retrain, retain, passes, joint, tolerance)
         name = serving.served_name(preset_name, scenario)
-        yield from run(page, name, S.compose_spec(kind_v, value_v), owner, values, flags, progress)
+        yield from run(page, name, offer.compose_spec(kind_v, value_v), owner, values, flags, progress)
 
     page.method.run_btn.click(on_run, [page.model.preset, page.model.scenario, f.kind, f.value, f.owner]
                               + method.settings(page) + [L.flags],
@@ -77,14 +77,14 @@ def forget_spec_of(preset_name: str, spec: str, owner) -> str:
     """The forget spec a run uses: the selector's, when it belongs to the preset (and scenario: a served
     name) on screen; right after a switch whose new selector has not reached the browser yet, the new
     preset's own default (what the selector is about to show)."""
-    return spec if owner == preset_name else S.compose_spec(*default_kv(preset_name))
+    return spec if owner == preset_name else offer.compose_spec(*default_kv(preset_name))
 
 
 def run(page, preset_name, spec, owner, values, flags, progress, base: dict | None = None):
     """The Run handler's work (also a lesson's, ui.lessons, and "Forget more from this model", ui.chain):
     page updates from the checks of the request to every section's view of the finished run (the last
     update holds ``page.live.state``). ``values``: the method settings in :func:`ui.method.config`'s order.
-    ``base``: the chain to continue (:func:`mape.chain.base_of`; None: start from the original)."""
+    ``base``: the chain to continue (:func:`mape.serving.chain.base_of`; None: start from the original)."""
     L = page.live
     flags["stop"] = False
     spec = forget_spec_of(preset_name, spec, owner)
@@ -177,8 +177,8 @@ def show_run(page, run: dict, wall_s: float) -> dict:
             + (f", retrain {timing['retrain_s']:.1f} s" if "retrain_s" in timing else "") + ").")
     hf, ff, cf = heat_figures(run["heads"], run["filters"], run["head_scores"], "final")
     state = {k: run[k] for k in ("preset", "result", "delta", "run_key", "heads", "filters", "samples",
-                                 "forget_indices", "has_retrain")}
-    state["chain"] = run.get("chain") or []  # successive requests (ui.chain, mape.chain)
+                                 "forget_indices", "has_retrain", "head_scores", "filter_scores")}
+    state["chain"] = run.get("chain") or []  # successive requests (ui.chain, mape.serving.chain)
     state["model_meta"] = {"preset": result["preset"], "scenario": serving.split_name(run["preset"])[1],
                            "forget": " then ".join(s["spec"] for s in state["chain"]) or result["forget"]["spec"],
                            "objective": result["config"]["objective"], "sparsity": result["config"]["sparsity"]}

@@ -7,11 +7,11 @@ from types import SimpleNamespace
 
 import gradio as gr
 
-from mape import serving
-from mape.errors import MapeError
-from mape.forget import select_forget
-from mape.pipeline import MAX_GREEDY_PASSES
-from mape.presets import PRESETS
+from mape.base.errors import MapeError
+from mape.data.forget import select_forget
+from mape.data.presets import PRESETS
+from mape.run.config import MAX_GREEDY_PASSES
+from mape.serving import owner as serving
 
 OBJECTIVES = [("mlr — minimise retain loss (default)", "mlr"), ("mlf — maximise forget loss", "mlf"),
               ("norm — gradient norm", "norm"), ("random units (control)", "random")]
@@ -98,7 +98,7 @@ def config(objective, sparsity, update, step, seed, retrain, retain_sample, pass
 
 def validate_request(preset_name: str, spec: str, cfg: dict, allowed: list[str] | None = None) -> None:
     """Fast checks before any heavy work: preset, method settings, forget spec (on the dataset)."""
-    from mape.pipeline import UnlearnConfig
+    from mape.run.config import UnlearnConfig
 
     base, scenario = serving.split_name(preset_name)
     if base not in (allowed or PRESETS):
@@ -107,7 +107,7 @@ def validate_request(preset_name: str, spec: str, cfg: dict, allowed: list[str] 
     if not ok:
         raise MapeError(f"Preset '{base}' cannot run here: {why}.")
     UnlearnConfig(**cfg).validate()
-    from mape.scenarios import check_forget_specs
+    from mape.data.scenarios import check_forget_specs
 
     if scenario is not None and PRESETS[base].finetuned:
         raise MapeError(f"Preset '{base}' uses a published fine-tuned model, which cannot be trained on altered "

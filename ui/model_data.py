@@ -1,7 +1,7 @@
 """① Model & data: the preset picker, the training data (clean or a scenario: poisoned or
-mislabeled examples, mape.scenarios), the original model's status and "Prepare model".
+mislabeled examples, mape.data.scenarios), the original model's status and "Prepare model".
 
-The page serves a preset with a scenario under the name ``preset@scenario`` (mape.serving.served_name):
+The page serves a preset with a scenario under the name ``preset@scenario`` (mape.serving.owner.served_name):
 its own altered dataset, original model and retrain references. Handlers get the preset and the
 scenario on screen and combine them, so what runs is what the page shows."""
 
@@ -15,8 +15,8 @@ from types import SimpleNamespace
 
 import gradio as gr
 
-from mape import app_support as S, serving
-from mape.presets import PRESETS
+from mape.data.presets import PRESETS
+from mape.serving import offer, owner as serving
 from ui.common import classes_of, preset_of, status_line
 
 # measured on 2 idle CPU cores (README, BENCHMARKS.md); other presets depend on the data size
@@ -34,7 +34,7 @@ def build(ctx) -> SimpleNamespace:
                                    allow_custom_value=True, elem_id="scenario",
                                    info="Clean, or with poisoned / mislabeled examples to remove; or type a spec: "
                                         "backdoor:WORD:CLASS:N, backdoor:patch:CLASS:N, mislabel:N.")
-            scenario_note = gr.Markdown(S.scenario_explanation(""), elem_id="scenario-description")
+            scenario_note = gr.Markdown(offer.scenario_explanation(""), elem_id="scenario-description")
         with gr.Column(scale=3):
             status = gr.HTML(status_line("busy", "Checking the model…"), elem_id="model-status")
             prepare_btn = gr.Button("Prepare model", variant="secondary", elem_id="prepare-btn")
@@ -67,15 +67,15 @@ def device_badge() -> str:
 
 def on_preset(name: str):
     return (preset_description(name), model_status(name), gr.Dropdown(choices=scenario_choices(name), value=""),
-            S.scenario_explanation(""))
+            offer.scenario_explanation(""))
 
 
 def on_scenario(preset_name: str, scenario: str):
     """The model status of the preset with this scenario, and what the scenario does (or why it is wrong)."""
-    from mape.errors import MapeError
+    from mape.base.errors import MapeError
 
     try:
-        note = S.scenario_explanation((scenario or "").strip())
+        note = offer.scenario_explanation((scenario or "").strip())
         serving.dataset(serving.served_name(preset_name, scenario))  # resolves it against the data: N, target
     except MapeError as exc:
         return status_line("error", "Scenario not usable", str(exc)), f"⚠️ {exc}"
@@ -86,7 +86,7 @@ def scenario_choices(name: str) -> list[tuple[str, str]]:
     """(label, spec) of the training-data choices for a preset: clean first, then its ready-made scenarios
     (none for a Hub preset, whose published fine-tuned model cannot be retrained on altered data)."""
     p = preset_of(name)
-    clean = [(S.scenario_label(""), "")]
+    clean = [(offer.scenario_label(""), "")]
     if p.kind == "hub" or p.finetuned or not p.availability()[0]:
         return clean
     try:
@@ -94,7 +94,7 @@ def scenario_choices(name: str) -> list[tuple[str, str]]:
         n_train = len(serving.dataset(name).train)
     except Exception:  # noqa: BLE001 - the clean choice is always there
         return clean
-    return clean + [(S.scenario_label(s), s) for s in S.scenario_specs(name, modality, classes, n_train)]
+    return clean + [(offer.scenario_label(s), s) for s in offer.scenario_specs(name, modality, classes, n_train)]
 
 
 def preset_choices(names: list[str]) -> list[tuple[str, str]]:
@@ -104,7 +104,7 @@ def preset_choices(names: list[str]) -> list[tuple[str, str]]:
 def preset_description(name: str) -> str:
     p = PRESETS[name]
     ok, why = p.availability()
-    limit = S.train_limit_for(name, serving.ON_GPU)
+    limit = offer.train_limit_for(name, serving.ON_GPU)
     text = p.description
     if limit:
         text += f" The app trains it on a seeded subset of {limit:,} training examples."
@@ -174,7 +174,7 @@ def on_prepare(preset_name, scenario, progress=gr.Progress()):
 
 
 def _prepare_into(name: str, q: queue.Queue, box: dict) -> None:
-    from mape.errors import MapeError
+    from mape.base.errors import MapeError
 
     try:
         serving.prepare_preset(name, lambda s, f: q.put((s, f)))

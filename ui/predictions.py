@@ -10,8 +10,9 @@ from types import SimpleNamespace
 import gradio as gr
 import numpy as np
 
-from mape import app_support as S, serving
-from mape.errors import MapeError
+from mape.base.errors import MapeError
+from mape.serving import owner as serving, uploads
+from ui import render
 from ui.common import EMPTY_RESULTS, INTERACTIVE, error_html, preset_of
 
 CAPTIONS = {"forget": "Examples from the forget set: after unlearning they should be treated like unseen data.",
@@ -62,7 +63,7 @@ def wire(page) -> None:
     P, preset, scenario, state = page.predictions, page.model.preset, page.model.scenario, page.live.state
     inputs = [preset, scenario, state, P.custom_text, P.custom_image]
     # preprocess=False: the uploaded image arrives as a file reference and is validated by
-    # app_support.load_user_image, which gives a clear message for a file that is not an image
+    # mape.serving.uploads.load_user_image, which gives a clear message for a file that is not an image
     opts = dict(api_visibility="private", preprocess=False, **INTERACTIVE)
     P.predict_btn.click(predict_custom, inputs, P.custom_out, **opts)
     P.custom_text.submit(predict_custom, inputs, P.custom_out, **opts)
@@ -93,9 +94,9 @@ def show(page, run: dict) -> dict:
         items = []
         for k, i in enumerate(run["samples"][group]):
             x, y = serving.split_example(run["preset"], group, i)
-            items.append({"index": f"{group} #{i}", "input_html": S.input_html(x, modality), "true": y,
+            items.append({"index": f"{group} #{i}", "input_html": render.input_html(x, modality), "true": y,
                           "probs": {m: run["probs"][m][group][k] for m in models}})
-        views[comp] = S.predictions_html(items, classes, models, CAPTIONS[group])
+        views[comp] = render.predictions_html(items, classes, models, CAPTIONS[group])
     return views
 
 
@@ -121,11 +122,12 @@ def custom_input(preset_name: str, text, image):
     if image is not None and not isinstance(image, (str, os.PathLike)):
         raise MapeError("Upload an image file (PNG, JPEG, WebP, BMP or GIF).")
     fmt = serving.image_format(preset_name)
-    return S.load_user_image(image, fmt.size, fmt.channels, mnist_like=serving.dataset(preset_name).name == "mnist")
+    mnist_like = serving.dataset(preset_name).name == "mnist"
+    return uploads.load_user_image(image, fmt.size, fmt.channels, mnist_like=mnist_like)
 
 
 def run_models(preset_name: str, state) -> dict | None:
-    """What :func:`mape.serving.predict` needs of the session's run (None: no run on this preset)."""
+    """What :func:`mape.serving.owner.predict` needs of the session's run (None: no run on this preset)."""
     if not state or state.get("preset") != preset_name:
         return None
     return {"run_key": state.get("run_key"), "delta": state["delta"],
@@ -146,9 +148,9 @@ def predict_custom(preset_name, scenario, state, text, image):
     extra = "" if "unlearned" in out else "Run unlearning to compare with the unlearned model."
     pic = ""
     if preset_of(preset_name).modality == "image":
-        pic = (f"<div style='margin-bottom:6px;'>{S.input_html(x, 'image')} <span style='color:#4b5563;'>"
+        pic = (f"<div style='margin-bottom:6px;'>{render.input_html(x, 'image')} <span style='color:#4b5563;'>"
                f"What the model sees: {html.escape(note)}</span></div>")
-    return pic + S.prob_bars_html(serving.dataset(preset_name).classes, out, extra)
+    return pic + render.prob_bars_html(serving.dataset(preset_name).classes, out, extra)
 
 
 def has_trigger(preset_name, scenario) -> bool:
@@ -202,12 +204,12 @@ def trigger_html(name: str, state, x, label: str) -> str:
         fired = {m: classes[int(np.argmax(p))] == out["target"] for m, p in out["probs"][key].items()}
         verdict = ", ".join(f"{m}: {'→ ' + out['target'] if f else 'not ' + out['target']}" for m, f in fired.items())
         parts.append(f"<div style='font-weight:600;margin-bottom:4px;'>{html.escape(title)}</div>"
-                     f"<div style='margin-bottom:6px;'>{S.input_html(out[key], modality)}</div>"
+                     f"<div style='margin-bottom:6px;'>{render.input_html(out[key], modality)}</div>"
                      f"<div class='mape-trigger-verdict' style='color:#4b5563;font-size:0.9em;margin-bottom:6px;'>"
                      f"{html.escape(verdict)}</div>"
-                     + S.prob_bars_html(classes, out["probs"][key], extra if key == "clean" else ""))
+                     + render.prob_bars_html(classes, out["probs"][key], extra if key == "clean" else ""))
     return (f"<div style='margin-bottom:6px;color:#4b5563;'>On {html.escape(label)}.</div>"
-            + S.side_by_side_html(parts))
+            + render.side_by_side_html(parts))
 
 
 def random_test_image(preset_name, scenario=""):
@@ -219,4 +221,4 @@ def random_test_image(preset_name, scenario=""):
     if ds.modality != "image":
         return gr.skip()
     img = np.asarray(ds.test.x[int(np.random.default_rng().integers(len(ds.test)))])
-    return S.upscale(img, 8) if img.shape[0] <= 64 else img
+    return render.upscale(img, 8) if img.shape[0] <= 64 else img

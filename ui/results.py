@@ -7,13 +7,14 @@ from types import SimpleNamespace
 
 import gradio as gr
 
-from mape import app_support as S, figures as FG
+from mape.serving import charts, figures as FG, wording
+from ui import render
 from ui.common import EMPTY_RESULTS
 
 
 def build(ctx) -> SimpleNamespace:
     gr.Markdown("## ⑤ Results", elem_classes=["mape-section"])
-    # a lesson's reading of its run (ui.lessons, mape.lessons): shown after a lesson's run only
+    # a lesson's reading of its run (ui.lessons, mape.serving.lessons): shown after a lesson's run only
     reading = gr.Markdown("", visible=False, elem_id="lesson-reading", elem_classes=["mape-reading"])
     summary = gr.Markdown("", elem_id="run-summary")
     with gr.Row():
@@ -36,9 +37,10 @@ def outputs(page) -> list:
 def show(page, result: dict) -> dict:
     """A finished run's results (without a lesson's reading: a lesson adds it, :func:`show_reading`)."""
     r, metrics = page.results, result["metrics"]
-    return {r.summary: summary_markdown(result), r.table: S.metrics_table_html(metrics, result.get("gap_to_retrain")),
+    table = render.metrics_table_html(metrics, result.get("gap_to_retrain"))
+    return {r.summary: summary_markdown(result), r.table: table,
             r.chart: metrics_chart(metrics), **hide_reading(page),
-            r.losses: FG.loss_distribution_figure(result.get("loss_distribution") or {})}
+            r.losses: charts.loss_distribution_figure(result.get("loss_distribution") or {})}
 
 
 def show_reading(page, text: str) -> dict:
@@ -57,7 +59,7 @@ def reset(page, preset_name: str) -> dict:
 
 def summary_markdown(result: dict) -> str:
     """The engine's summary, plus which examples the live run's metrics were measured on."""
-    text = S.summary_markdown(result)
+    text = wording.summary_markdown(result)
     sc = result.get("scenario")
     if sc:
         what = (f"trigger '{sc['trigger']}' → {sc['target']}" if sc.get("trigger") not in (None, "patch")
@@ -91,7 +93,7 @@ def metrics_chart(metrics: dict):
     rows = {("MAPE (unlearned)" if k == "unlearned" else k): v for k, v in metrics.items()}
     shown = ("forget_acc", "retain_acc", "test_acc", "mia") + tuple(
         m for m in SCENARIO_METRICS if any(m in v for v in metrics.values()))
-    fig = FG.metrics_figure(rows, shown)
+    fig = charts.metrics_figure(rows, shown)
     fig.update_xaxes(tickangle=0, tickfont=dict(size=11), tickmode="array",
                      tickvals=[FG.METRIC_LABELS[m] for m in shown], ticktext=[SHORT_LABELS[m] for m in shown])
     fig.update_layout(legend=dict(orientation="h", y=-0.14, x=0.5, xanchor="center"), margin=dict(b=70))
