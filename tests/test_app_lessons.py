@@ -23,6 +23,7 @@ from tests.test_app_browser import (  # noqa: F401 - fixtures (browser, page) an
     page,
     pytestmark,
     run_and_wait,
+    screenshot,
     status_text,
     textbox,
     wait_until,
@@ -127,6 +128,7 @@ def test_lessons_fill_in_the_controls_run_and_read_their_results(page):  # noqa:
     assert first.forget in status and "Done" in status, status
     text = check_reading_agrees_with_the_table(page, first)
     print(text)
+    screenshot(page, "lesson")
 
     seconds = click_lesson(page, second)
     print(f"lesson {second.key} ({second.preset}, {second.scenario}), click to results: {seconds:.1f} s")
