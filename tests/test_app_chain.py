@@ -1,7 +1,9 @@
 """Successive requests in the browser (issue 28 item 2; Playwright + Debian's chromium, as tests/test_app_browser.py):
 a run, then "Forget more from this model" on another forget set, show a timeline of two requests whose last row
 states the metrics table's numbers, the heatmap of the units earlier requests / this one / both selected, and a
-results JSON with both requests; "Back to the original" empties the timeline and the results.
+results JSON with both requests; "Back to the original" empties the timeline and the results. On the same
+server (one per module), a run and a drill-down into a selected unit (issue 28 item 3: a head's attention and a
+filter's activations before and after).
 
 Presets: ``tiny-bbc`` by default; ``MAPE_TEST_APP_PRESETS=minilm-bbc,vit-mnist`` runs the real text preset.
 """
@@ -42,6 +44,68 @@ def forget_more_and_wait(pg) -> float:
                         RUN_TIMEOUT_S, "the request to finish")
     assert "Done" in status, f"the request failed: {status}"
     return time.monotonic() - t0
+
+
+def plot_title(pg, elem_id: str) -> str:
+    loc = pg.locator(f"#{elem_id} .gtitle")
+    return loc.first.text_content() if loc.count() else ""
+
+
+def test_head_and_filter_drill_down_after_a_run(page):  # noqa: F811 - the imported fixture
+    """Inside a selected unit (issue 28 item 3), after a run: the section proposes the run's top selected head and
+    filter; "Show attention" draws the head's pattern before and after side by side, "Show activations" the
+    filter's activations on forget and retain examples before and after; a click on a cell of the head heatmap
+    picks that head; a head that does not exist gets a clear message."""
+    seconds = run_and_wait(page)
+    print(f"run ({PRESETS[0]}): {seconds:.1f} s")
+    info = wait_until(lambda: (lambda t: t if "selected" in t else None)(page.inner_text("#unit-head-info")), 30,
+                      "the proposed head")
+    assert "selected for update" in info and "score from the search" in info, info  # the run's top selected head
+    layer = int(textbox(page, "unit-head-layer").input_value())
+    head = int(textbox(page, "unit-head").input_value())
+    assert f"Head {head} of layer {layer}" in info
+
+    page.click("#unit-head-btn")
+    for elem, when in (("unit-attn-before", "Before"), ("unit-attn-after", "After")):
+        title = wait_until(lambda e=elem: (lambda t: t if t.startswith(f"{when} · layer") else None)(
+            plot_title(page, e)), 120, f"the {when.lower()} attention")
+        assert f"layer {layer}, head {head}" in title, title
+        assert page.locator(f"#{elem} .hm, #{elem} .heatmaplayer image, #{elem} g.heatmaplayer").count() >= 1
+    assert "Largest change of an attention weight" in page.inner_text("#unit-head-info")
+
+    filt_info = page.inner_text("#unit-filter-info")
+    assert "Filter" in filt_info and "selected for update" in filt_info, filt_info
+    page.click("#unit-filter-btn")
+    wait_until(lambda: "activation per example" in plot_title(page, "unit-filter-plot"), 120, "the filter plot")
+    legend = page.inner_text("#unit-filter-plot")
+    assert "before (original)" in legend and "after (MAPE)" in legend and "forget (" in legend, legend
+    assert page.locator("#unit-filter-plot g.trace.boxes").count() == 2
+    assert "Mean activation" in page.inner_text("#unit-filter-info")
+    screenshot(page, "unit")
+
+    # a click on a cell of the run's head heatmap (layer 0 at the bottom) picks that head
+    n_layers, n_heads = page.locator("#heads-plot .ytick").count(), page.locator("#heads-plot .xtick").count()
+    want_layer, want_head = n_layers - 2, n_heads - 3
+
+    def click_the_cell() -> bool:  # the plots redraw after the full-page screenshot: click once they have settled
+        page.locator("#heads-plot").scroll_into_view_if_needed()
+        box = page.locator("#heads-plot .nsewdrag").first.bounding_box()
+        page.mouse.click(box["x"] + (want_head + 0.5) / n_heads * box["width"],
+                         box["y"] + box["height"] - (want_layer + 0.5) / n_layers * box["height"])
+        time.sleep(1.5)
+        return f"Head {want_head} of layer {want_layer}:" in page.inner_text("#unit-head-info")
+
+    wait_until(click_the_cell, 60, "the clicked head", interval=1.0)
+    assert textbox(page, "unit-head-layer").input_value() == str(want_layer)
+    assert textbox(page, "unit-head").input_value() == str(want_head)
+
+    # a head that does not exist: a clear message, and the plots stay
+    box = textbox(page, "unit-head")
+    box.fill("999")
+    box.press("Enter")
+    page.click("#unit-head-btn")
+    wait_until(lambda: "Head must be a whole number" in page.inner_text("#unit-head-info"), 60, "the error message")
+    assert plot_title(page, "unit-attn-before").startswith("Before · layer")
 
 
 def test_two_successive_requests_then_back_to_the_original(page, tmp_path):  # noqa: F811 - the fixture
