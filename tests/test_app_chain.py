@@ -1,9 +1,9 @@
 """Successive requests in the browser (issue 28 item 2; Playwright + Debian's chromium, as tests/test_app_browser.py):
 a run, then "Forget more from this model" on another forget set, show a timeline of two requests whose last row
 states the metrics table's numbers, the heatmap of the units earlier requests / this one / both selected, and a
-results JSON with both requests; "Back to the original" empties the timeline and the results. On the same
-server (one per module), a run and a drill-down into a selected unit (issue 28 item 3: a head's attention and a
-filter's activations before and after).
+results JSON with both requests; "Back to the original" empties the timeline and the results. After the first
+request, the same page drills into a selected unit (issue 28 item 3: a head's attention and a filter's
+activations before and after), so that both sections share one run.
 
 Presets: ``tiny-bbc`` by default; ``MAPE_TEST_APP_PRESETS=minilm-bbc,vit-mnist`` runs the real text preset.
 """
@@ -51,13 +51,11 @@ def plot_title(pg, elem_id: str) -> str:
     return loc.first.text_content() if loc.count() else ""
 
 
-def test_head_and_filter_drill_down_after_a_run(page):  # noqa: F811 - the imported fixture
+def check_unit_drill_down(page) -> None:  # noqa: F811 - the page, not the fixture
     """Inside a selected unit (issue 28 item 3), after a run: the section proposes the run's top selected head and
     filter; "Show attention" draws the head's pattern before and after side by side, "Show activations" the
     filter's activations on forget and retain examples before and after; a click on a cell of the head heatmap
     picks that head; a head that does not exist gets a clear message."""
-    seconds = run_and_wait(page)
-    print(f"run ({PRESETS[0]}): {seconds:.1f} s")
     info = wait_until(lambda: (lambda t: t if "selected" in t else None)(page.inner_text("#unit-head-info")), 30,
                       "the proposed head")
     assert "selected for update" in info and "score from the search" in info, info  # the run's top selected head
@@ -121,6 +119,7 @@ def test_two_successive_requests_then_back_to_the_original(page, tmp_path):  # n
     print(f"first request ({PRESETS[0]}, random:16): {seconds:.1f} s")
     wait_until(lambda: len(timeline_rows(page)) == 1, 60, "a timeline of one")
     assert timeline_rows(page)[0][:2] == ["1", "random:16"]
+    check_unit_drill_down(page)  # the same run: one run for both sections
     wait_until(lambda: page.locator("#chain-more-btn").is_enabled(), 30, "the Forget more button")
 
     box.fill("8")

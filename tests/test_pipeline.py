@@ -27,7 +27,7 @@ def sport_run(bbc_ws):
     lifted here: these tests are about what the update does (the budget has tests of its own)."""
     before = _state(bbc_ws.task)
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(pipeline, "RUN_WORK_SHARE", float("inf"))
+        mp.setattr("mape.run.follow_up.RUN_WORK_SHARE", float("inf"))
         return before, unlearn(bbc_ws, "class:sport", UnlearnConfig(seed=0, retrain=True))
 
 
@@ -89,7 +89,7 @@ def test_forget_target_comes_from_unused_training_examples(bbc_ws, monkeypatch):
     from mape.run import targets as P
 
     forget = select_forget("random:40", bbc_ws.dataset, 0)
-    monkeypatch.setattr(P, "UNSEEN_EVAL_SIZE", 10**6)
+    monkeypatch.setattr("mape.run.workspace.UNSEEN_EVAL_SIZE", 10**6)
     monkeypatch.setattr(bbc_ws, "_unseen", None)
     unseen = bbc_ws.dataset.unseen
     assert len(unseen) == 1781 - 400
@@ -192,13 +192,12 @@ def test_so_follow_up_steps_use_the_examples_not_yet_forgotten(bbc_ws, monkeypat
     forget examples the model still classifies correctly, and its retain gradient on the retain sample."""
     from mape.method import scoring
     from mape.method.update import Target
-    from mape.run import unlearn as pipeline
 
     # an unreachable accuracy-only target (as for a whole class), no stall or time stop: every step runs
-    monkeypatch.setattr(pipeline, "forget_target",
+    monkeypatch.setattr("mape.run.targets.forget_target",
                         lambda ws, forget, ra, tol, *rest: Target(-1.0, ra, tol))
-    monkeypatch.setattr(pipeline, "_no_follow_up", lambda *args: None)
-    monkeypatch.setattr(pipeline, "RUN_WORK_SHARE", float("inf"))
+    monkeypatch.setattr("mape.run.follow_up._no_follow_up", lambda *args: None)
+    monkeypatch.setattr("mape.run.follow_up.RUN_WORK_SHARE", float("inf"))
     monkeypatch.setattr(pipeline, "distil_follow_up", lambda *args: False)  # the so follow-ups, not mape.method.distil
     passes, real = [], scoring._gate_pass
 

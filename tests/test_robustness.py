@@ -23,7 +23,7 @@ import torch
 import transformers as T
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-import mape.run.config as C
+import mape.run.config as RC
 import mape.run.unlearn as P
 import mape.run.workspace as W
 from mape import cli
@@ -198,7 +198,7 @@ def test_select_forget_only_raises_mape_error(tiny_ws, spec, seed):
        damping=st.one_of(FLOATS, ANY), lr=st.one_of(st.none(), FLOATS, ANY))
 def test_unlearn_config_validate_only_raises_mape_error(objective, update, sparsity, step, seed, retain_sample,
                                                         passes, tolerance, damping, lr):
-    config = C.UnlearnConfig(objective=objective, update=update, sparsity=sparsity, step=step, seed=seed,
+    config = RC.UnlearnConfig(objective=objective, update=update, sparsity=sparsity, step=step, seed=seed,
                              retain_sample=retain_sample, greedy_passes=passes, tolerance=tolerance,
                              damping=damping, lr=lr)
     try:
@@ -211,7 +211,7 @@ def test_unlearn_config_validate_only_raises_mape_error(objective, update, spars
     assert config.step == "auto" or (math.isfinite(config.step) and config.step > 0)
     assert isinstance(config.seed, int) and 0 <= config.seed < 2**32
     assert config.retain_sample is None or (isinstance(config.retain_sample, int) and config.retain_sample >= 1)
-    assert isinstance(config.greedy_passes, int) and 0 <= config.greedy_passes <= C.MAX_GREEDY_PASSES
+    assert isinstance(config.greedy_passes, int) and 0 <= config.greedy_passes <= RC.MAX_GREEDY_PASSES
     assert 0 <= config.tolerance <= 1 and math.isfinite(config.damping) and config.damping > 0
     assert config.lr is None or (math.isfinite(config.lr) and config.lr > 0)
     config.validate()  # idempotent
@@ -435,7 +435,7 @@ def test_failure_midway_leaves_shared_model_untouched(tiny_ws, update, fail_at):
         if (isinstance(fail_at, int) and len(calls) > fail_at) or (isinstance(fail_at, str) and fail_at in stage):
             raise Boom(stage)
 
-    config = C.UnlearnConfig(objective="mlr", update=update, step=2 if update == "ga" else "auto",
+    config = RC.UnlearnConfig(objective="mlr", update=update, step=2 if update == "ga" else "auto",
                              retain_sample=16, sparsity=0.8)
     with pytest.raises(Boom):
         P.unlearn(tiny_ws, "random:8", config, progress)
@@ -443,7 +443,7 @@ def test_failure_midway_leaves_shared_model_untouched(tiny_ws, update, fail_at):
     if fail_at != "measuring":
         return
     # and the workspace still works
-    res = P.unlearn(tiny_ws, "random:8", C.UnlearnConfig(objective="random", update="ga", step=1, retain_sample=16))
+    res = P.unlearn(tiny_ws, "random:8", RC.UnlearnConfig(objective="random", update="ga", step=1, retain_sample=16))
     assert res.forget["size"] == 8
     _assert_untouched(tiny_ws, snap)
 
@@ -579,7 +579,7 @@ def test_offline_hub_ids_fail_fast_with_a_hub_message(tmp_path, monkeypatch, tin
 # ---------------------------------------------------------------- 5. reproducibility
 
 def test_same_seed_same_result_random_objective_ga(tiny_ws):
-    cfg = lambda seed: C.UnlearnConfig(objective="random", update="ga", step=2, seed=seed,  # noqa: E731
+    cfg = lambda seed: RC.UnlearnConfig(objective="random", update="ga", step=2, seed=seed,  # noqa: E731
                                        retain_sample=16, sparsity=0.7)
     a = P.unlearn(tiny_ws, "random:7", cfg(3))
     b = P.unlearn(tiny_ws, "random:7", cfg(3))

@@ -592,7 +592,6 @@ def test_a_run_reports_its_share_of_a_retrains_work_and_stops_within_half(bbc_ws
     epochs over every retained example, GRAD_WORK each) and stays within RUN_WORK_SHARE of it; a smaller
     share leaves fewer trials and says why it stopped."""
     from mape.method.work import GRAD_WORK
-    from mape.run import unlearn as pipeline
     from mape.run.config import RUN_WORK_SHARE, UnlearnConfig
     from mape.run.follow_up import search_work
     from mape.run.targets import request_samples
@@ -609,7 +608,8 @@ def test_a_run_reports_its_share_of_a_retrains_work_and_stops_within_half(bbc_ws
     smp = request_samples(bbc_ws, forget, forget.indices, 1, 48)
     assert smp.trial_work == len(smp.check_f) + len(smp.check_r) + len(smp.check_u) == 24 + 256 + 128
     # room for the search, the start's check and one step-size trial: that trial runs, nothing after it
-    monkeypatch.setattr(pipeline, "RUN_WORK_SHARE", (search_work(24, 48) + 2 * smp.trial_work) / work["retrain"])
+    share = (search_work(24, 48) + 2 * smp.trial_work) / work["retrain"]
+    monkeypatch.setattr("mape.run.follow_up.RUN_WORK_SHARE", share)
     short = unlearn(bbc_ws, forget, UnlearnConfig(retain_sample=48, seed=1)).update
     assert len(short["trials"]) == 1 and short["stopped"].startswith("work")
     assert short["work"]["spent"] == pytest.approx(short["work"]["budget"], abs=0.1)
@@ -620,11 +620,11 @@ def test_a_run_reports_its_share_of_a_retrains_work_and_stops_within_half(bbc_ws
 def test_no_update_when_the_forget_set_already_looks_unseen(bbc_ws, monkeypatch):
     """First, do no harm: when the starting model already meets the target, nothing changes."""
     from mape.method.update import Target
-    from mape.run import unlearn as pipeline
     from mape.run.config import UnlearnConfig
     from mape.run.unlearn import unlearn
 
-    monkeypatch.setattr(pipeline, "forget_target", lambda ws, forget, ra, tol, *rest: Target(1.0, ra, tol, slack=1.0))
+    monkeypatch.setattr("mape.run.targets.forget_target",
+                        lambda ws, forget, ra, tol, *rest: Target(1.0, ra, tol, slack=1.0))
     res = unlearn(bbc_ws, "random:16", UnlearnConfig(retain_sample=48))
     assert res.update["step"] == 0 and res.update["reached_target"] and res.params["changed"] == 0
     assert res.update["stopped"].startswith("no update")
