@@ -155,10 +155,11 @@ def status_text_of(page, elem_id: str) -> str:
     return loc.first.inner_text() if loc.count() else ""
 
 
-def run_and_wait(page) -> float:
+def run_and_wait(page, button: str = "run-btn") -> float:
+    """Click ``button`` (Run, or "Forget more from this model") and wait for the run it starts to finish."""
     t0 = time.monotonic()
     before = status_text(page)
-    page.click("#run-btn")
+    page.click(f"#{button}")
     wait_until(lambda: status_text(page) != before, 120, "the run to start")
     status = wait_until(lambda: (lambda t: t if ("Done" in t or "error" in t) else None)(status_text(page)),
                         RUN_TIMEOUT_S, "the run to finish")

@@ -35,17 +35,6 @@ def timeline_rows(pg) -> list[list[str]]:
     return [[c.strip() for c in rows.nth(i).locator("td").all_inner_texts()] for i in range(rows.count())]
 
 
-def forget_more_and_wait(pg) -> float:
-    t0 = time.monotonic()
-    before = status_text(pg)
-    pg.click("#chain-more-btn")
-    wait_until(lambda: status_text(pg) != before, 120, "the request to start")
-    status = wait_until(lambda: (lambda t: t if ("Done" in t or "error" in t) else None)(status_text(pg)),
-                        RUN_TIMEOUT_S, "the request to finish")
-    assert "Done" in status, f"the request failed: {status}"
-    return time.monotonic() - t0
-
-
 def plot_title(pg, elem_id: str) -> str:
     loc = pg.locator(f"#{elem_id} .gtitle")
     return loc.first.text_content() if loc.count() else ""
@@ -126,7 +115,7 @@ def test_two_successive_requests_then_back_to_the_original(page, tmp_path):  # n
     textbox(page, "seed").fill("3")
     box.press("Enter")
     wait_until(lambda: "random:8" in page.inner_text("#forget-counts"), 60, "the preview of random:8")
-    seconds = forget_more_and_wait(page)
+    seconds = run_and_wait(page, "chain-more-btn")
     print(f"second request (random:8 from the unlearned model): {seconds:.1f} s")
     assert "request 2: forgot random:8" in status_text(page), status_text(page)
     wait_until(lambda: len(timeline_rows(page)) == 2, 60, "a timeline of two")

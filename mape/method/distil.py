@@ -101,12 +101,7 @@ def distil_steps(task: TaskModel, mp: MaskedParams, forget_enc: Encoded, retain_
                 rx = {k: v.to(task.device) for k, v in rb.inputs.items()}
                 loss = push_loss(task.logits(fx), fb.labels.to(task.device)) \
                     + DISTIL_WEIGHT * retain_kl(task.logits(rx), ref_logp[ri].to(task.device))
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                for p in params:
-                    p.grad.mul_(mp.masks[p])
-                opt.step()
-                mp.enforce()
+                mp.descend(opt, loss)
                 work.spend(GRAD_WORK * (len(fi) + br))
             steps += DISTIL_EVERY
             work.spend(trial_work)

@@ -71,12 +71,7 @@ def iterative_update(task: TaskModel, rule: str, mp: MaskedParams, forget: Encod
             fx, fy = next(fbatches)
             rbatch = next(rbatches) if rule != "ga" else None
             loss = _rule_loss(rule, task, fx, fy, rbatch, ref_logp, len(task.classes), gen)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            for p in params:
-                p.grad.mul_(mp.masks[p])
-            opt.step()
-            mp.enforce()
+            mp.descend(opt, loss)
             if work is not None:
                 work.spend(step_work)
             if progress:

@@ -300,6 +300,17 @@ class MaskedParams:
         for p, m in self.masks.items():
             p.copy_(torch.where(m, p, self.original[p]))
 
+    def descend(self, opt: torch.optim.Optimizer, loss: torch.Tensor) -> None:
+        """One optimiser step on ``loss`` that moves only the selected entries: gradients are masked before the
+        step and the frozen entries are put back after it (optimisers with momentum or weight decay would move
+        them otherwise)."""
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        for p, m in self.masks.items():
+            p.grad.mul_(m)
+        opt.step()
+        self.enforce()
+
     def changed(self) -> int:
         return int(sum(int((p.detach() != self.original[p]).sum()) for p in self.masks))
 
