@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from mape.data.presets import PRESETS
-from mape.method.train import Recipe
+from mape.method.recipe import Recipe
 
 if os.environ.get("PYTEST_XDIST_WORKER"):  # `pytest -n N`: each worker gets its share of the cores (N
     import torch  # workers each running a thread per core would oversubscribe the CPU)

@@ -325,3 +325,29 @@ def test_the_trigger_tester_on_images_adds_the_corner_patch_only(serving):
     rest[-k:, -k:] = False
     assert np.array_equal(triggered[rest], x[rest]) and out["trigger"] == "patch" and out["target"] == "0"
     assert set(out["probs"]["clean"]) == set(out["probs"]["triggered"]) == {"original"}
+
+
+def test_the_gpu_probe_answers_like_torch_without_importing_it(monkeypatch, tmp_path):
+    """The page is built before torch is imported, so whether the app runs on a GPU is first probed from files:
+    CUDA hidden, a torch build without CUDA/ROCm libraries or no GPU driver means no GPU; otherwise torch is
+    asked. On this machine the probe must agree with torch itself."""
+    import torch
+
+    from mape.serving import device
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert device._no_gpu_possible()
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    cpu_build = not any((Path(torch.__file__).parent / "lib").glob("libtorch_cuda*"))
+    if cpu_build:  # this CI: the CPU wheel has no CUDA library, so the probe answers without torch
+        assert device._no_gpu_possible()
+    assert device.ON_GPU == torch.cuda.is_available()
+    if device._no_gpu_possible():
+        assert not torch.cuda.is_available()
+    fake = tmp_path / "torch"  # a CUDA build of torch, but no driver on this machine: still no GPU
+    (fake / "lib").mkdir(parents=True)
+    (fake / "lib" / "libtorch_cuda.so").touch()
+    spec = importlib.util.spec_from_file_location("torch", fake / "__init__.py", submodule_search_locations=[str(fake)])
+    monkeypatch.setattr(device.importlib.util, "find_spec", lambda name: spec)
+    no_driver = not any(Path(p).exists() for p in ("/proc/driver/nvidia/version", "/dev/nvidiactl", "/dev/kfd"))
+    assert device._no_gpu_possible() == no_driver

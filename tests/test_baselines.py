@@ -23,7 +23,7 @@ from mape.evaluation.baselines import (
     relearn_curve,
     run_method,
 )
-from mape.method.train import Recipe
+from mape.method.recipe import Recipe
 from mape.run.unlearn import evaluate_model
 from mape.run.workspace import Workspace
 

@@ -132,3 +132,22 @@ def test_the_public_api_resolves_and_import_mape_stays_light():
             "from mape import prepare, unlearn, UnlearnConfig; assert 'mape.run.unlearn' in sys.modules; "
             "import importlib; [getattr(importlib.import_module(m), n) for n, m in mape.API.items()]")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT.parent)
+
+
+def test_the_page_is_built_without_torch_and_loads_it_in_the_background():
+    """Issue 28 item 4: ``import app`` builds the whole page (presets, forget-set preview data, every section)
+    without importing torch or transformers, which take seconds on a small CPU; after the first page load the
+    app imports them in a background thread, once."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import sys, app; heavy = [m for m in ('torch', 'transformers', 'captum') if m in sys.modules]; "
+            "assert not heavy, heavy; assert len(app.demo.blocks) > 100; "
+            "from mape.serving import owner; t = owner.load_engine_in_background(); t.join(); "
+            "assert 'torch' in sys.modules and 'transformers' in sys.modules and 'mape.run.unlearn' in sys.modules; "
+            "assert owner.load_engine_in_background() is None; print('ok')")
+    env = dict(os.environ, MAPE_APP_WARM="0", MAPE_APP_PRESETS="tiny-bbc,tiny-mnist")
+    out = subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT.parent, env=env,
+                         capture_output=True, text=True)
+    assert out.stdout.strip().endswith("ok")

@@ -68,9 +68,10 @@ def wire(page, demo) -> None:
     for trigger in (f.value.submit, f.value.blur, f.seed.submit):
         trigger(preview, preview_in, preview_out, api_visibility="private")
     load = demo.load(lambda p: preview_named(p, *default_kv(p), 0), preset, preview_out, api_visibility="private")
-    if page.ctx.warm:  # once the page is usable, prepare its preset so that the first Run finds it ready
-        load.then(lambda p: serving.warm_in_background(p) and None, preset, None, api_visibility="private",
-                  queue=False)
+    # once the page is usable: prepare its preset so that the first Run finds it ready (MAPE_APP_WARM), or at
+    # least load torch and transformers in the background, which the page itself does not need
+    load.then(lambda p: (serving.warm_in_background(p) if page.ctx.warm else serving.load_engine_in_background())
+              and None, preset, None, api_visibility="private", queue=False)
     switch_out = [f.kind, f.value, f.owner, page.method.run_btn]
     # a preset switch starts on clean data (model_data resets the scenario): the scenario on screen may
     # still be the old preset's for a moment, so this chain does not read it

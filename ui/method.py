@@ -65,9 +65,12 @@ def settings(page) -> list:
             m.joint, m.tolerance]
 
 
-def default_values(ctx, objective="mlr", sparsity=0.9, update="so", step="auto", seed=0, retrain=False) -> tuple:
-    """Settings in :func:`settings`' order with the page's defaults for the advanced ones (a lesson's run)."""
-    return (objective, sparsity, update, step, seed, retrain, ctx.retain_default, PASSES, JOINT, TOLERANCE)
+def default_values(ctx, objective="mlr", sparsity=0.9, update="so", step="auto", seed=0, retrain=False,
+                   retain_sample=None) -> tuple:
+    """Settings in :func:`settings`' order with the page's defaults for the advanced ones (a lesson's run; its
+    retain sample is at least the page's default)."""
+    retain = max(retain_sample or 0, ctx.retain_default)
+    return (objective, sparsity, update, step, seed, retrain, retain, PASSES, JOINT, TOLERANCE)
 
 
 def show_values(page, values: tuple) -> dict:

@@ -13,7 +13,6 @@ import gradio as gr
 import numpy as np
 
 from mape.base.errors import MapeError
-from mape.evaluation import units as U
 from mape.serving import figures as FG, inside, unit_figures as UF
 from ui import attributions, render
 from ui.common import EXPLAIN, error_html, preset_of
@@ -135,6 +134,8 @@ def unit_html(kind: str, selected, scores, layer, index) -> str:
     unit = "head" if kind == "head" else "filter"
     sel = np.asarray(selected)
     n_layers, n_units = sel.shape
+    from mape.evaluation import units as U  # torch: loaded after the page is up
+
     layer = U.check_index(_num(layer, "Layer"), n_layers, "Layer")
     index = U.check_index(_num(index, unit.capitalize()), n_units, unit.capitalize())
     info = U.unit_summary(sel, scores, layer, index)

@@ -16,14 +16,14 @@ import os
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable
-
-import torch
+from typing import TYPE_CHECKING, Callable
 
 from mape.base.errors import MapeError
 from mape.data.datasets import is_dataset_folder
-from mape.method.models import ImageFormat, TaskModel
-from mape.method.train import Recipe
+from mape.method.recipe import Recipe
+
+if TYPE_CHECKING:  # torch and the model classes are imported when a model is built, not with the presets
+    from mape.method.models import TaskModel
 
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]{0,95}(/[\w.-]{1,96})?", re.ASCII)
 
@@ -204,6 +204,20 @@ def load_dataset_for(preset: Preset, data_dir: str | None = None, train_limit: i
     return D.subsample_train(ds, train_limit, seed)
 
 
+def training_data(preset: Preset, dataset, scenario: str | None):
+    """The preset's dataset with the scenario's alterations applied to the training split (unchanged
+    without a scenario). Bad scenario specs raise :class:`MapeError`."""
+    if scenario is None:
+        return dataset
+    from mape.data.scenarios import parse_scenario, scenario_dataset
+
+    parsed = parse_scenario(scenario)
+    if preset.finetuned:
+        raise MapeError(f"Preset '{preset.name}' uses a published fine-tuned model, which cannot be trained "
+                        f"on altered data; use an embedded or local preset with --scenario.")
+    return scenario_dataset(parsed, dataset, text_window=preset.max_length // 2)
+
+
 def _looks_like_hub_folder(path: str) -> bool:
     """A folder saved in Hub layout (parquet shards under data/, or a dataset script/card)."""
     p = Path(path)
@@ -213,7 +227,10 @@ def _looks_like_hub_folder(path: str) -> bool:
 def build_start_model(preset: Preset, classes: list[str], finetuned: bool = False) -> TaskModel:
     """The starting point of training (pretrained encoder + seeded fresh head, or a seeded random ViT),
     or, with ``finetuned``, the published fine-tuned model itself."""
+    import torch
     import transformers as T
+
+    from mape.method.models import ImageFormat, TaskModel
 
     T.logging.set_verbosity_error()  # the load report lists the fresh classifier head as "missing"
     T.logging.disable_progress_bar()

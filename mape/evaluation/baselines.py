@@ -60,8 +60,9 @@ from mape.data.forget import ForgetSet
 from mape.evaluation.baseline_rules import SCRUB_T, layer_params, salun_mask, scrub, ssd_dampen
 from mape.method.iterative import iterative_update
 from mape.method.models import Encoded, TaskModel
+from mape.method.recipe import Recipe
 from mape.method.scoring import param_stats
-from mape.method.train import Recipe, embedding_params, train
+from mape.method.train import embedding_params, train
 from mape.method.update import UPDATES, MaskedParams, Target, UpdateReport, model_accuracy, so_direction, so_update
 from mape.run.config import Progress
 

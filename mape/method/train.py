@@ -2,27 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
 from typing import Callable
 
 import torch
 import torch.nn.functional as Fn
 
 from mape.method.models import Encoded, TaskModel
-
-
-@dataclass(frozen=True)
-class Recipe:
-    epochs: int = 3
-    lr: float = 5e-5
-    batch_size: int = 16
-    weight_decay: float = 0.01
-    warmup: float = 0.06
-    seed: int = 0
-    freeze_embeddings: bool = False   # saves time on the CPU; embeddings stay frozen in unlearning anyway
-
-    def to_json(self) -> dict:
-        return asdict(self)
+from mape.method.recipe import Recipe
 
 
 def embedding_params(model) -> set:

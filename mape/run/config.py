@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
-import torch
 
 from mape.base.errors import MapeError
-from mape.method.scoring import OBJECTIVES
-from mape.method.update import (
-    UPDATES,
-)
+
+if TYPE_CHECKING:  # torch is imported when a device is resolved (the app's page is served before torch loads)
+    import torch
 
 Progress = Callable[..., None]   # progress(stage: str, fraction: float, selection: Selection | None = None)
 
@@ -39,6 +37,8 @@ WHOLE_CLASS_SLACK = 0.005  # a whole class is forgotten when its check accuracy 
 
 
 def resolve_device(device: str = "auto") -> torch.device:
+    import torch
+
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
@@ -49,6 +49,8 @@ def resolve_device(device: str = "auto") -> torch.device:
 
 
 def device_name(device: torch.device) -> str:
+    import torch
+
     return torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
 
 
@@ -74,6 +76,9 @@ class UnlearnConfig:
     lr: float | None = None          # iterative rules; None: the preset's training lr
 
     def validate(self) -> None:
+        from mape.method.scoring import OBJECTIVES
+        from mape.method.update import UPDATES
+
         if not isinstance(self.objective, str) or self.objective not in OBJECTIVES:
             raise MapeError(f"Unknown objective {self.objective!r}; choose one of {', '.join(OBJECTIVES)}.")
         if not isinstance(self.update, str) or self.update not in UPDATES:

@@ -12,7 +12,7 @@ import torch
 
 from mape.base import cache
 from mape.base.errors import MapeError
-from mape.data.presets import Preset, build_start_model, custom_preset, get_preset, load_dataset_for
+from mape.data.presets import Preset, build_start_model, custom_preset, get_preset, load_dataset_for, training_data
 from mape.method.models import Encoded, TaskModel, parameter_count
 from mape.method.train import train
 from mape.run.config import RETAIN_EVAL_SIZE, UNSEEN_EVAL_SIZE, Progress, resolve_device
@@ -117,20 +117,6 @@ def model_key(preset: Preset, dataset, train_limit) -> dict:
     return {"preset": preset.name, "model": preset.model_id, "data": preset.dataset_id,
             "recipe": preset.recipe.to_json(), "max_length": preset.max_length, "vit": preset.vit_config,
             "n_train": len(y), "labels": fingerprint, "train_limit": train_limit}
-
-
-def training_data(preset: Preset, dataset, scenario: str | None):
-    """The preset's dataset with the scenario's alterations applied to the training split (unchanged
-    without a scenario). Bad scenario specs raise :class:`MapeError`."""
-    if scenario is None:
-        return dataset
-    from mape.data.scenarios import parse_scenario, scenario_dataset
-
-    parsed = parse_scenario(scenario)
-    if preset.finetuned:
-        raise MapeError(f"Preset '{preset.name}' uses a published fine-tuned model, which cannot be trained "
-                        f"on altered data; use an embedded or local preset with --scenario.")
-    return scenario_dataset(parsed, dataset, text_window=preset.max_length // 2)
 
 
 def original_cache_spec(preset: Preset, dataset, train_limit) -> dict:

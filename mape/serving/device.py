@@ -4,7 +4,14 @@ and torch's thread count. CUDA is not touched at import: on ZeroGPU only inside 
 
 from __future__ import annotations
 
+import importlib.util
+import logging
 import os
+import sys
+import threading
+from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 try:  # Hugging Face ZeroGPU: CUDA is only available inside functions decorated with spaces.GPU
     import spaces  # type: ignore
@@ -23,7 +30,28 @@ def _zero_gpu() -> bool:
     return spaces is not None and bool(os.environ.get("SPACES_ZERO_GPU") or os.environ.get("SPACE_ID"))
 
 
+def _no_gpu_possible() -> bool:
+    """True when torch can't have a GPU here, found without importing torch (which takes seconds on a small CPU,
+    and the first page is served before it): CUDA hidden, a torch build without CUDA/ROCm libraries, or no GPU
+    driver. Anything else (a GPU build with a driver, or an unknown platform) is left to torch to answer."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None and visible.strip() in ("", "-1"):
+        return True
+    spec = importlib.util.find_spec("torch")
+    if spec is None or not spec.submodule_search_locations:
+        return True
+    lib = Path(next(iter(spec.submodule_search_locations))) / "lib"
+    gpu_build = any(lib.glob("libtorch_cuda*")) or any(lib.glob("libtorch_hip*")) or any(lib.glob("torch_cuda*"))
+    if not gpu_build:
+        return True
+    if os.name == "posix" and sys.platform.startswith("linux"):
+        return not any(Path(p).exists() for p in ("/proc/driver/nvidia/version", "/dev/nvidiactl", "/dev/kfd"))
+    return False
+
+
 def _cuda_available() -> bool:
+    if "torch" not in sys.modules and _no_gpu_possible():
+        return False
     try:
         import torch
 
@@ -66,3 +94,30 @@ def work_device():
     import torch
 
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+_ENGINE_IMPORT = threading.Event()   # the import below has started
+_ENGINE_GUARD = threading.Lock()
+
+
+def load_engine_in_background() -> threading.Thread | None:
+    """Import torch, transformers and the engine in a daemon thread, once per process (later calls return None):
+    the page is served before they are needed (they take seconds on a small CPU), and the first Run should not
+    wait for them. :func:`mape.serving.owner.warm_in_background` does this and more (it prepares the page's
+    preset)."""
+    with _ENGINE_GUARD:
+        if _ENGINE_IMPORT.is_set():
+            return None
+        _ENGINE_IMPORT.set()
+
+    def work():
+        try:
+            import transformers  # noqa: F401
+
+            import mape.run.unlearn  # noqa: F401 - torch and the method modules
+        except Exception:  # noqa: BLE001 - the first request that needs them reports it
+            log.exception("loading torch/transformers failed")
+
+    thread = threading.Thread(target=work, daemon=True, name="mape-engine-import")
+    thread.start()
+    return thread

@@ -39,11 +39,12 @@ class Lesson:
     step: str = "auto"
     seed: int = 0
     retrain: bool = True         # the retrained model is on: the comparison is the lesson
+    min_retain_sample: int = 0   # at least this retain sample for the scores (the page's default when larger)
 
     def config(self) -> dict:
         """The method settings of the lesson (UnlearnConfig keyword arguments that the page shows)."""
         return dict(objective=self.objective, sparsity=self.sparsity, update=self.update, step=self.step,
-                    seed=self.seed, retrain=self.retrain)
+                    seed=self.seed, retrain=self.retrain, retain_sample=self.min_retain_sample or None)
 
 
 FIRST_TIME = "The first time on a fresh machine takes minutes: the {what} trained once, then cached."
@@ -76,16 +77,18 @@ LESSONS: tuple[Lesson, ...] = (
            "**test accuracy** on the other nine digits stays. The forget examples under ⑥ show what the 3s are taken "
            "for now, and the pixel attributions under ⑦ what the model looks at before and after. "
            + FIRST_TIME.format(what="original and the retrained model are")),
-    Lesson("patch-backdoor", "Remove a patch backdoor (a limitation)", "vit-mnist", "poisoned", BACKDOOR,
+    Lesson("patch-backdoor", "Remove a patch backdoor", "vit-mnist", "poisoned", BACKDOOR,
            "80 training digits got a small white square in the bottom-right corner and the label *0*, and the "
-           "original learned it: with the square, almost any digit is read as 0. Forgetting **poisoned** removes "
-           "those 80 images — but this lesson shows a **limitation**: the method does not remove this backdoor "
-           "reliably (in our runs well over half of the triggered digits still come out as 0 — about 60 % with the "
-           "command line's settings, more on this page's quicker ones — against under 1 % for the retrained "
-           "model). Compare the **ASR** of MAPE with the retrained model's and try the trigger tester under ⑥; the "
-           "reading at the top of ⑤ Results says how far this run got. "
+           "original learned it: with the square, almost any digit is read as 0. Forgetting **poisoned** unlearns "
+           "those 80 images: watch the **attack success rate (ASR)** fall from about 100 % towards the retrained "
+           "model's (under 1 %) while clean **test accuracy** stays within about a point, and try the trigger "
+           "tester under ⑥. The first step of the update leaves most of the backdoor (about 88 % in our runs); a "
+           "longer push on the selected units, within half of a retrain's work, removes it, and it needs a retain "
+           "sample of 512 to keep the other digits safe (with the page's quicker 256 it is refused and the "
+           "backdoor stays). Under ⑧ Compare methods, `mape-random` removes it too: here the units the search "
+           "selects are not where the trigger lives, which is still an open question for this method. "
            + FIRST_TIME.format(what="poisoned original and the model retrained on the clean digits are"),
-           scenario="backdoor:patch:0:80"),
+           scenario="backdoor:patch:0:80", min_retain_sample=512),
 )
 
 

@@ -23,7 +23,7 @@ CPU_TRAIN_LIMITS = {"minilm-sst2": 4000, "minilm-agnews": 4000}
 def register_tiny_presets() -> list[str]:
     """Add ``tiny-bbc`` and ``tiny-mnist`` to ``mape.data.presets.PRESETS`` (idempotent)."""
     from mape.data.presets import PRESETS
-    from mape.method.train import Recipe
+    from mape.method.recipe import Recipe
 
     if "tiny-bbc" not in PRESETS:
         base = PRESETS["minilm-bbc"]

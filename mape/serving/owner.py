@@ -32,13 +32,14 @@ import numpy as np
 
 from mape.base.errors import MapeError
 from mape.serving import chain, deltas, files, offer
-from mape.serving.device import (  # noqa: F401 - ON_GPU, device_label, set_threads: the app's surface
+from mape.serving.device import (  # noqa: F401 - ON_GPU, device_label, set_threads, ...: the app's surface
     ATTRIBUTION_BATCH,
     ATTRIBUTION_STEPS,
     ON_GPU,
     ZERO_GPU,
     device_label,
     gpu,
+    load_engine_in_background,
     set_threads,
     spaces,
     work_device,
@@ -103,8 +104,7 @@ def preparing(name: str) -> tuple[str, float] | None:
 def dataset(name: str):
     """The preset's dataset (train subset as the app trains it, altered by the served name's scenario;
     plain data, no model), loaded once."""
-    from mape.data.presets import get_preset, load_dataset_for
-    from mape.run.workspace import training_data
+    from mape.data.presets import get_preset, load_dataset_for, training_data
 
     key = _key(name)
     served = _SERVED.get(key)
