@@ -349,5 +349,5 @@ def test_the_gpu_probe_answers_like_torch_without_importing_it(monkeypatch, tmp_
     (fake / "lib" / "libtorch_cuda.so").touch()
     spec = importlib.util.spec_from_file_location("torch", fake / "__init__.py", submodule_search_locations=[str(fake)])
     monkeypatch.setattr(device.importlib.util, "find_spec", lambda name: spec)
-    no_driver = not any(Path(p).exists() for p in ("/proc/driver/nvidia/version", "/dev/nvidiactl", "/dev/kfd"))
+    no_driver = not any(Path(p).exists() for p in device.GPU_DRIVER_FILES)
     assert device._no_gpu_possible() == no_driver

@@ -51,8 +51,8 @@ def test_each_backdoor_lesson_runs_on_the_page_what_the_quality_gate_checks():
     """The backdoor lessons promise the backdoor removed with clean accuracy kept: that is what the quality gate
     checks on every CI run, so the page runs the gate's case with the gate's method settings. On a CPU page
     (default retain sample 256) the patch lesson raises the retain sample to the command line's 512 — with 256
-    its push is refused and the backdoor stays (BENCHMARKS "App lessons"); on a GPU page (2048) it keeps the
-    page's larger default."""
+    its push is refused and the backdoor stays (BENCHMARKS "The patch-backdoor lesson on the page"); on a GPU
+    page (2048) it keeps the page's larger default."""
     from types import SimpleNamespace
 
     from mape.evaluation.gate import CASES

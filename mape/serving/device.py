@@ -30,6 +30,10 @@ def _zero_gpu() -> bool:
     return spaces is not None and bool(os.environ.get("SPACES_ZERO_GPU") or os.environ.get("SPACE_ID"))
 
 
+#: files that exist on Linux when an NVIDIA (first two) or AMD ROCm (last) GPU driver is loaded
+GPU_DRIVER_FILES = ("/proc/driver/nvidia/version", "/dev/nvidiactl", "/dev/kfd")
+
+
 def _no_gpu_possible() -> bool:
     """True when torch can't have a GPU here, found without importing torch (which takes seconds on a small CPU,
     and the first page is served before it): CUDA hidden, a torch build without CUDA/ROCm libraries, or no GPU
@@ -45,7 +49,7 @@ def _no_gpu_possible() -> bool:
     if not gpu_build:
         return True
     if os.name == "posix" and sys.platform.startswith("linux"):
-        return not any(Path(p).exists() for p in ("/proc/driver/nvidia/version", "/dev/nvidiactl", "/dev/kfd"))
+        return not any(Path(p).exists() for p in GPU_DRIVER_FILES)
     return False
 
 
