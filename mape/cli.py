@@ -64,7 +64,8 @@ def _method_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--forget", required=True, action="append",
                    help="forget set (random:N, random:P%%, class:L, class:L:N, match:RE, indices:..., "
                         "indices-file:PATH, poisoned[:K|:P%%] with --scenario); repeat for successive requests")
-    p.add_argument("--objective", default="mlr", help="mlr | mlf | norm | random")
+    p.add_argument("--objective", default="auto",
+                   help="auto (mlr; contrast on a backdoor's poisoned examples) | mlr | mlf | norm | random | contrast")
     p.add_argument("--sparsity", type=float, default=0.9, help="fraction of units frozen, in (0, 1)")
     p.add_argument("--update", default="so", help="so | ga | gd | rl | npo")
     p.add_argument("--step", default="auto", help="auto, η for so, or a number of steps for ga/gd/rl/npo")

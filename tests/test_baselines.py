@@ -84,12 +84,13 @@ def _params_equal(a: torch.nn.Module, b: torch.nn.Module, exclude: set) -> bool:
 def test_method_names_parse():
     assert parse_method("mape") == parse_method("MAPE")
     m = parse_method("mape")
-    assert (m.kind, m.objective, m.update) == ("mape", "mlr", "so")
+    assert (m.kind, m.objective, m.update) == ("mape", "auto", "so")  # mlr, or contrast on a backdoor's poison
     m = parse_method("mape+ga")
-    assert (m.name, m.kind, m.objective, m.update) == ("mape+ga", "mape", "mlr", "ga")
+    assert (m.name, m.kind, m.objective, m.update) == ("mape+ga", "mape", "auto", "ga")
     m = parse_method("mape-norm+rl")
     assert (m.name, m.objective, m.update) == ("mape-norm+rl", "norm", "rl")
-    assert parse_method("mape-mlr+so").name == "mape"
+    assert parse_method("mape-auto+so").name == "mape" and parse_method("mape-mlr+so").name == "mape-mlr"
+    assert parse_method("mape-contrast").objective == "contrast"
     assert parse_method("mape-random").objective == "random"
     assert (parse_method("gd").kind, parse_method("gd").update) == ("full", "gd")
     assert (parse_method("salun").kind, parse_method("salun").update) == ("salun", "rl")

@@ -10,7 +10,7 @@ from mape.method.adapters import adapter_for, unit_param_counts, unit_param_mask
 from mape.method.gates import Gates
 from mape.method.iterative import iterative_update
 from mape.method.models import Encoded
-from mape.method.scoring import mask_gradients, norm_scores, unit_scores
+from mape.method.scoring import contrast_scores, mask_gradients, norm_scores, resolve_objective, unit_scores
 from mape.method.search import block_cost, refine_layer, search, warm_start
 from mape.method.update import MaskedParams, Target, so_direction, so_update
 from tests.tiny import tiny_bert, tiny_data
@@ -142,6 +142,56 @@ def test_norm_scores_match_parameter_gradient_norms():
     fil = float(m.up[0].weight.grad[5].pow(2).sum() + m.up[0].bias.grad[5] ** 2 + m.down.weight.grad[:, 5].pow(2).sum())
     assert float(fs[1, 5]) == pytest.approx(fil ** 0.5, rel=1e-6)
     model.zero_grad()
+
+
+def _unit_outputs_one_by_one(task, enc):
+    """Brute force for the contrast scores: each example alone, cut to its real tokens, every unit's output
+    captured whole and averaged over the tokens by hand."""
+    a = task.adapter
+    heads, filters = [], []
+    for i in range(len(enc)):
+        x = {k: v[i:i + 1] for k, v in enc.inputs.items()}
+        if "attention_mask" in x:
+            n = int(x["attention_mask"].sum())
+            x = {k: v[:, :n] for k, v in x.items()}
+        seen = {}
+        hooks = [m.o.register_forward_pre_hook(lambda mod, args, l=l: seen.__setitem__(("h", l), args[0].clone()))
+                 for l, m in enumerate(a.layers)]
+        hooks += [m.down.register_forward_pre_hook(lambda mod, args, l=l: seen.__setitem__(("f", l), args[0].clone()))
+                  for l, m in enumerate(a.layers)]
+        with torch.no_grad():
+            task.model(**x)
+        for h in hooks:
+            h.remove()
+        heads.append([seen[("h", l)][0].reshape(-1, a.num_heads, a.head_dim).norm(dim=-1).mean(0).numpy()
+                      for l in range(a.num_layers)])
+        filters.append([seen[("f", l)][0].mean(0).numpy() for l in range(a.num_layers)])
+    return np.array(heads, dtype=np.float64), np.array(filters, dtype=np.float64)
+
+
+@pytest.mark.parametrize("arch", ["bert", "vit"])
+def test_contrast_scores_match_a_brute_force_computation(arch):
+    """(mean over D_f − mean over D_r) / std over D_r of each unit's token-averaged output, padding excluded,
+    equals the computation example by example (batches of 5 with padding trimmed, against one at a time)."""
+    task = tiny_bert(arch=arch, seed=3)
+    data = tiny_data(24, image=arch == "vit", seed=4)
+    forget, retain = data.take(np.arange(9)), data.take(np.arange(9, 24))
+    heads, filters = contrast_scores(task, forget, retain, batch_size=5)
+    for got, (f, r) in zip((heads, filters), zip(_unit_outputs_one_by_one(task, forget),
+                                                 _unit_outputs_one_by_one(task, retain))):
+        expected = (f.mean(0) - r.mean(0)) / (r.std(0) + 1e-6)
+        assert got.shape == expected.shape and np.allclose(got.numpy(), expected, atol=1e-4, rtol=1e-4)
+    sel, _ = search(task, forget, retain, objective="contrast", sparsity=0.75)
+    assert np.allclose(sel.head_scores, heads.numpy()) and sel.heads.sum() == 2 and sel.filters.sum() == 12
+    assert sel.heads.reshape(-1)[np.argsort(-heads.numpy().reshape(-1))[:2]].all()  # the top contrasts
+    assert sel.filters.reshape(-1)[np.argsort(-filters.numpy().reshape(-1))[:12]].all()
+
+
+def test_auto_objective_is_contrast_only_on_a_backdoors_poisoned_examples():
+    assert resolve_objective("auto", True) == "contrast" and resolve_objective("auto", False) == "mlr"
+    assert resolve_objective("mlr", True) == "mlr" and resolve_objective("random", True) == "random"
+    with pytest.raises(ValueError, match="resolve 'auto'"):
+        search(tiny_bert(), tiny_data(), tiny_data(), objective="auto")
 
 
 def test_warm_start_budgets():

@@ -187,6 +187,44 @@ def test_corrupt_cache_is_rebuilt(bbc_ws):
     assert all(torch.equal(a[k], b[k]) for k in a)  # same seeded recipe → same weights
 
 
+def test_two_workers_needing_one_model_at_once_train_it_once(tmp_path, monkeypatch):
+    """The cache's training lock: the second of two concurrent requests for the same untrained model waits
+    for the first and loads what it saved (test workers, or the app and a command line, on one cache)."""
+    import threading
+    import time
+
+    from mape.run import workspace as RW
+    from tests.tiny import tiny_bert, tiny_data
+
+    monkeypatch.setenv("MAPE_CACHE", str(tmp_path))
+    calls = []
+
+    def slow_train(task, data, recipe, progress=None, stage=None):
+        calls.append(threading.get_ident())
+        time.sleep(1.0)  # long enough for the other request to arrive while this one trains
+        with torch.no_grad():
+            for p in task.model.parameters():
+                p.add_(0.25)
+
+    monkeypatch.setattr(RW, "train", slow_train)
+    preset = type("Preset", (), {"recipe": None})()
+    results = []
+
+    def request():
+        results.append(RW.train_or_load("original", "lock-test", lambda: tiny_bert(seed=0), tiny_data(), preset,
+                                        "cpu", None, "training", {}))
+
+    threads = [threading.Thread(target=request) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(calls) == 1 and sorted(r[2] for r in results) == [False, True]  # trained once, loaded once
+    a, b = (_state(r[0]) for r in results)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not torch.equal(a["classifier.weight"], _state(tiny_bert(seed=0))["classifier.weight"])
+
+
 def test_so_follow_up_steps_use_the_examples_not_yet_forgotten(bbc_ws, monkeypatch):
     """When one so step cannot reach the target, each further step takes its forget gradient on the
     forget examples the model still classifies correctly, and its retain gradient on the retain sample."""

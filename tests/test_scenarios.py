@@ -228,6 +228,25 @@ def test_asr_is_measured_on_triggered_non_target_test_examples(poisoned_ws):
                                              == sc.original_labels).mean())
 
 
+def test_the_default_objective_scores_a_backdoors_poisoned_examples_by_contrast(poisoned_ws):
+    """``auto``: contrast when every forget example is a poisoned one (all of them, or some), mlr otherwise
+    (a forget set mixing poisoned and clean examples, or a clean dataset); the run says which it used."""
+    from mape.run.config import UnlearnConfig
+    from mape.run.unlearn import backdoor_poisoned
+
+    ws = poisoned_ws
+    sc = ws.scenario
+    clean = RW.prepare("test-vit-mnist", train_limit=300, device="cpu")
+    assert backdoor_poisoned(ws, select_forget("poisoned", ws.dataset, 0))
+    assert backdoor_poisoned(ws, select_forget("poisoned:5", ws.dataset, 0))
+    mixed = f"indices:{sc.indices[0]},{np.setdiff1d(np.arange(len(ws.dataset.train)), sc.indices)[0]}"
+    assert not backdoor_poisoned(ws, select_forget(mixed, ws.dataset, 0))
+    assert not backdoor_poisoned(clean, select_forget("random:20", clean.dataset, 0))
+    res = pipeline.unlearn(ws, "poisoned", UnlearnConfig(retain_sample=64))
+    assert res.config["objective"] == "auto" and res.selection["objective"] == "contrast"
+    assert pipeline.unlearn(ws, mixed, UnlearnConfig(retain_sample=64, step=0.01)).selection["objective"] == "mlr"
+
+
 def test_compare_reports_scenario_metrics(poisoned_ws, tmp_path):
     from mape.evaluation.baselines import BaselineConfig
     from mape.evaluation.compare import CompareResult, compare

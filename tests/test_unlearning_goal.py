@@ -437,9 +437,9 @@ def test_a_follow_up_reuses_the_check_of_all_of_the_forget_set_and_counts_a_scan
         scans.clear()
         smp, task, mp, mg, evaluate, target = _hard_follow_up_case(bbc_ws)
         assert len(smp.check_f) == len(smp.forget_enc) == 24
-        report = follow_up_steps(task, mp, mg, smp.forget_enc, smp.retain_enc, UnlearnConfig(so_steps=3), evaluate,
+        report = follow_up_steps(task, mp, mg, smp.forget_enc, smp.retain_enc, UnlearnConfig(so_steps=2), evaluate,
                            target, None, work=Work(budget), trial_work=len(smp.check_f) + len(smp.check_r),
-                           check_covers_forget=covers)
+                           check_covers_forget=covers)  # one follow-up: what the reuse is about
         return report, list(scans)
 
     reused, reused_scans = run(True, float("inf"))

@@ -37,10 +37,15 @@ per-example units). Switching unit $i$ off moves its gate from 1 to 0; a second-
 estimates the change of a loss $\mathcal{L}$ as $-\partial_i \mathcal{L} + \tfrac12 F_{ii}$. The objectives score
 each unit with that estimate (higher = **selected for update**):
 
-- **mlr** (default, minimise retain loss): $\;SC_i = G_{f,i} + \tfrac12 F_{r,i}\;$ — the rise of the retain loss,
+- **auto** (default): **mlr**, or **contrast** when every forget example is a poisoned example of a backdoor;
+- **mlr** (minimise retain loss): $\;SC_i = G_{f,i} + \tfrac12 F_{r,i}\;$ — the rise of the retain loss,
   using $\nabla \mathcal{L}(D_r) = -\nabla \mathcal{L}(D_f)$ at the training optimum;
 - **mlf** (maximise forget loss): $\;SC_i = -G_{f,i} + \tfrac12 F_{f,i}\;$ with $F_f$ the forget-set Fisher;
 - **norm**: the norm of the unit's parameter gradient on the forget loss (fast, less control);
+- **contrast**: how much more the unit responds to the forget set than to retained examples,
+  $(\bar a_f - \bar a_r)/\sigma_r$ of its token-averaged output (a filter's activation, a head's output norm).
+  A backdoor's poisoned examples are fit with near-certainty, so their gradient $G_f$ vanishes and **mlr** picks the
+  units the clean task leans on most; what those examples share, and clean ones lack, is the trigger;
 - **random**: a seeded random choice with the same budget (a control).
 
 ### 3. Budget, warm start and greedy refinement

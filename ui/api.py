@@ -36,7 +36,7 @@ def _retain_sample() -> int | None:
 def make_api_unlearn(allowed: list[str]):
     """The ``/unlearn`` endpoint for the presets this app offers."""
 
-    def unlearn(preset: str = DEFAULT_PRESET, forget: str = "random:32", objective: str = "mlr",
+    def unlearn(preset: str = DEFAULT_PRESET, forget: str = "random:32", objective: str = "auto",
                 sparsity: float = 0.9, update: str = "so", seed: int = 0, retrain: bool = False,
                 scenario: str = "") -> dict:
         """Run MAPE unlearning on a preset and return the results JSON.
@@ -44,7 +44,7 @@ def make_api_unlearn(allowed: list[str]):
         Args:
             preset: preset name, e.g. minilm-bbc or vit-mnist.
             forget: forget spec: random:N, random:P%, class:LABEL, class:LABEL:N, match:REGEX, indices:i,j,k.
-            objective: mlr | mlf | norm | random.
+            objective: auto (mlr; contrast on a backdoor's poisoned examples) | mlr | mlf | norm | contrast | random.
             sparsity: fraction of units frozen, in (0, 1).
             update: so | ga | gd | rl | npo.
             seed: random seed.
@@ -122,7 +122,7 @@ def make_api_explain(allowed: list[str]):
     return explain
 
 
-def api_unlearn(preset: str, forget: str, objective: str = "mlr", sparsity: float = 0.9, update: str = "so",
+def api_unlearn(preset: str, forget: str, objective: str = "auto", sparsity: float = 0.9, update: str = "so",
                 seed: int = 0, retrain: bool = False, allowed: list[str] | None = None, scenario: str = "") -> dict:
     """One unlearning request without the UI: validate (gr.Error with a clear message), run, return the
     results JSON (``RunResult.to_json()``, strict JSON; full test split and 1,000 retain examples).

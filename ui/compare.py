@@ -16,7 +16,9 @@ from ui.common import fmt_status, tmp_folder
 from ui.model_data import model_status
 
 CHOICES = [
-    ("mape — MAPE (mlr scores, so update)", "mape"), ("mape-mlf — MAPE, mlf scores", "mape-mlf"),
+    ("mape — MAPE (auto scores: mlr, or contrast on a backdoor's poisoned examples; so update)", "mape"),
+    ("mape-mlr — MAPE, mlr scores", "mape-mlr"), ("mape-mlf — MAPE, mlf scores", "mape-mlf"),
+    ("mape-contrast — MAPE, forget-vs-retain contrast scores", "mape-contrast"),
     ("mape-norm — MAPE, gradient-norm scores", "mape-norm"), ("mape-random — random units, same budget", "mape-random"),
     ("mape+ga", "mape+ga"), ("mape+gd", "mape+gd"), ("mape+rl", "mape+rl"), ("mape+npo", "mape+npo"),
     ("salun — saliency-masked random labels", "salun"), ("ssd — selective synaptic dampening", "ssd"),
@@ -42,7 +44,7 @@ def build(ctx) -> SimpleNamespace:
     gr.Markdown(INTRO, elem_classes=["mape-sub"])
     with gr.Row():
         methods = gr.Dropdown(CHOICES, value=list(DEFAULT), multiselect=True, scale=4, label="Methods",
-                              elem_id="compare-methods", info="mape = MAPE (mlr scores, so update); full-parameter "
+                              elem_id="compare-methods", info="mape = MAPE (auto scores, so update); full-parameter "
                                                               "rules change every Transformer-layer weight.")
         seeds = gr.Textbox("0", label="Seeds", scale=1, elem_id="compare-seeds",
                            info=f"e.g. 0,1,2 (at most {MAX_SEEDS}); mean ± std over seeds.")
@@ -161,7 +163,7 @@ def request(preset_name: str, spec: str, methods, seeds, relearn, sparsity, reta
         raise MapeError(f"At most {MAX_SEEDS} seeds at a time here; use `python -m mape compare` for more.")
     try:
         relearn = int(relearn if relearn not in (None, "") else 0)
-        cfg = method.config("mlr", sparsity, "so", "auto", seed_list[0], False, retain_sample, 1, False, tolerance)
+        cfg = method.config("auto", sparsity, "so", "auto", seed_list[0], False, retain_sample, 1, False, tolerance)
     except (TypeError, ValueError):
         raise MapeError("Relearn steps must be a whole number.") from None
     if not 0 <= relearn <= MAX_RELEARN:

@@ -181,7 +181,8 @@ def show_run(page, run: dict, wall_s: float) -> dict:
     state["chain"] = run.get("chain") or []  # successive requests (ui.chain, mape.serving.chain)
     state["model_meta"] = {"preset": result["preset"], "scenario": serving.split_name(run["preset"])[1],
                            "forget": " then ".join(s["spec"] for s in state["chain"]) or result["forget"]["spec"],
-                           "objective": result["config"]["objective"], "sparsity": result["config"]["sparsity"]}
+                           "objective": (result.get("selection") or {}).get("objective", result["config"]["objective"]),
+                           "sparsity": result["config"]["sparsity"]}
     out = {L.status: fmt_status("done", done), L.heads: hf, L.filters: ff, L.counts: cf,
            page.model.status: model_status(run["preset"]), L.run_id: time.time_ns()}
     out.update(results.show(page, result))

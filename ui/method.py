@@ -13,8 +13,11 @@ from mape.data.presets import PRESETS
 from mape.run.config import MAX_GREEDY_PASSES
 from mape.serving import owner as serving
 
-OBJECTIVES = [("mlr — minimise retain loss (default)", "mlr"), ("mlf — maximise forget loss", "mlf"),
-              ("norm — gradient norm", "norm"), ("random units (control)", "random")]
+OBJECTIVES = [("auto — mlr; contrast on a backdoor's poisoned examples (default)", "auto"),
+              ("mlr — minimise retain loss", "mlr"), ("mlf — maximise forget loss", "mlf"),
+              ("norm — gradient norm", "norm"),
+              ("contrast — units that respond to the forget set unlike retained examples", "contrast"),
+              ("random units (control)", "random")]
 UPDATES = [("so — one Fisher-preconditioned second-order step (default)", "so"),
            ("ga — gradient ascent on the forget set", "ga"),
            ("gd — ascent on forget + descent on retain (NegGrad+)", "gd"),
@@ -27,7 +30,7 @@ PASSES, JOINT, TOLERANCE = 1, False, 0.02
 def build(ctx) -> SimpleNamespace:
     gr.Markdown("## ③ Method", elem_classes=["mape-section"])
     with gr.Row():
-        objective = gr.Radio(OBJECTIVES, value="mlr", label="Objective (how units are scored)", scale=3,
+        objective = gr.Radio(OBJECTIVES, value="auto", label="Objective (how units are scored)", scale=3,
                              elem_id="objective")
         sparsity = gr.Slider(0.5, 0.99, value=0.9, step=0.01, label="Sparsity S (fraction of units frozen)",
                              info="0.9: 10% of heads and 10% of filters are updated.", scale=2, elem_id="sparsity")
@@ -65,7 +68,7 @@ def settings(page) -> list:
             m.joint, m.tolerance]
 
 
-def default_values(ctx, objective="mlr", sparsity=0.9, update="so", step="auto", seed=0, retrain=False,
+def default_values(ctx, objective="auto", sparsity=0.9, update="so", step="auto", seed=0, retrain=False,
                    retain_sample=None) -> tuple:
     """Settings in :func:`settings`' order with the page's defaults for the advanced ones (a lesson's run; its
     retain sample is at least the page's default)."""

@@ -8,10 +8,15 @@ and only then is the old one removed. A process killed at any point therefore le
 the new one, never half of one: if it dies between the two renames, the entry's own folder is missing
 and :func:`load_model` restores the intact old copy (checksum verified) in its place.
 Weights are read with safetensors only (no pickle).
+
+Training into the cache is serialised between processes (:func:`training_lock`, an advisory ``flock`` on
+``<cache>/<kind>/<key>.lock``): two processes that need the same model at once (two test workers, the app
+and a command line on one cache) train it once; the second waits, then loads what the first saved.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -44,6 +49,29 @@ def _sha256(path: Path) -> str:
 
 def entry_dir(kind: str, key: str) -> Path:
     return cache_root() / kind / key
+
+
+@contextlib.contextmanager
+def training_lock(kind: str, key: str):
+    """Hold the cross-process lock of one cache entry (blocking). Where ``fcntl`` is missing (Windows) or
+    the cache folder cannot hold a lock file, it does nothing: each process trains its own copy, as before."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    try:
+        folder = cache_root() / kind
+        folder.mkdir(parents=True, exist_ok=True)
+        handle = open(folder / f"{key}.lock", "a")
+    except OSError:
+        yield
+        return
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+    finally:
+        handle.close()  # closing releases the lock
 
 
 def _complete(folder: Path) -> bool:

@@ -8,7 +8,8 @@ parameter entries it changed.
 
 Methods (names as the CLI takes them):
 
-- ``mape`` (objective ``mlr``, update ``so``), ``mape-mlf``, ``mape-norm``, ``mape-random``
+- ``mape`` (objective ``auto``: ``mlr``, or ``contrast`` on a backdoor's poisoned examples; update ``so``),
+  ``mape-mlr``, ``mape-mlf``, ``mape-norm``, ``mape-random``, ``mape-contrast``
   (MAPE with another objective at the same budget, sparsity 0.9), and ``mape+RULE`` /
   ``mape-OBJ+RULE`` for another update rule (``mape+ga``, ``mape-norm+rl``, ...). These call
   :func:`mape.run.unlearn.unlearn`.
@@ -70,7 +71,7 @@ if TYPE_CHECKING:
     from mape.run.targets import RequestSamples
 
 
-MAPE_OBJECTIVES = ("mlr", "mlf", "norm", "random")
+MAPE_OBJECTIVES = ("auto", "mlr", "mlf", "norm", "random", "contrast")
 FULL_RULES = UPDATES  # so, ga, gd, rl, npo on all Transformer-layer parameters
 BASE_METHODS = ("mape", "mape-mlf", "mape-norm", "mape-random", "ft", "so", "ga", "gd", "rl", "npo",
                 "salun", "ssd", "scrub", "l1-sparse", "retrain")
@@ -98,9 +99,9 @@ def parse_method(name: str) -> MethodSpec:
     name = (name or "").strip().lower()
     m = _MAPE_RE.match(name)
     if m:
-        obj, rule = m.group("obj") or "mlr", m.group("rule") or "so"
+        obj, rule = m.group("obj") or "auto", m.group("rule") or "so"
         if obj in MAPE_OBJECTIVES and rule in UPDATES:
-            canonical = "mape" + ("" if obj == "mlr" else f"-{obj}") + ("" if rule == "so" else f"+{rule}")
+            canonical = "mape" + ("" if obj == "auto" else f"-{obj}") + ("" if rule == "so" else f"+{rule}")
             return MethodSpec(canonical, "mape", obj, rule)
     elif name in FULL_RULES:
         return MethodSpec(name, "full", None, name)

@@ -13,7 +13,17 @@ Scale convention (used everywhere in this package):
 
 Objectives (higher = selected for update):
 ``mlr``: SC = G_f + ½ F_r;  ``mlf``: SC = −G_f + ½ F_f;  ``norm``: the L2 norm of the unit's
-parameter gradient on the forget loss;  ``random``: seeded uniform scores.
+parameter gradient on the forget loss;  ``random``: seeded uniform scores;  ``contrast``: how much more the
+unit responds to D_f than to the retain sample, (mean_f a − mean_r a) / std_r a, with a(x) the unit's output
+on x averaged over its tokens (a filter: its activation; a head: the norm of its output slice). ``auto``
+(the default) resolves per request (:func:`resolve_objective`): ``contrast`` for the poisoned examples of a
+backdoor, ``mlr`` otherwise.
+
+Why ``contrast`` for a backdoor: its poisoned examples are fit with near-certainty (CE ≈ 0), so their gate
+gradient G_f vanishes and ``mlr`` reduces to ½ F_r — the units the clean task leans on most (ViT · MNIST
+``backdoor:patch:0:80``: 2 heads and 39 of 51 filters in layer 0; gating them off leaves ASR at 100 % and
+clean accuracy at 32 %). What the poisoned examples share and clean ones lack is the trigger; the units that
+respond to it are the ones whose output on D_f stands out from their output on retained examples.
 
 With ``with_params=True`` the same pass also accumulates, for the parameters the units own, the
 gradient of the mean forget loss and the per-example diagonal Fisher on the retain sample, which the
@@ -33,7 +43,7 @@ from mape.method.adapters import unit_param_masks
 from mape.method.gates import Gates
 from mape.method.models import Encoded, TaskModel
 
-OBJECTIVES = ("mlr", "mlf", "norm", "random")
+OBJECTIVES = ("auto", "mlr", "mlf", "norm", "random", "contrast")
 Progress = Callable[[str, float], None]
 
 
@@ -169,6 +179,73 @@ def norm_scores(task: TaskModel, forget: Encoded, batch_size: int = 32,
     return heads.sqrt(), filters.sqrt()
 
 
+def resolve_objective(objective: str, backdoor_poisoned: bool) -> str:
+    """``auto``: ``contrast`` when D_f is the poisoned set of a backdoor (the trigger is what its examples
+    share), ``mlr`` otherwise; any other objective stands as given."""
+    if objective != "auto":
+        return objective
+    return "contrast" if backdoor_poisoned else "mlr"
+
+
+def _unit_outputs(task: TaskModel, enc: Encoded, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per example, each unit's output averaged over the example's tokens (padding excluded): heads
+    (N, L, H) the norm of the head's slice of the attention output projection's input; filters (N, L, F) the
+    activation at the FFN down projection's input."""
+    a = task.adapter
+    L, H = a.num_layers, a.num_heads
+    seen: dict = {}
+    weights: list = [None]
+
+    def token_mean(x: torch.Tensor) -> torch.Tensor:  # (B, T, U) -> (B, U)
+        w = weights[0]
+        if w is None or w.shape[1] != x.shape[1]:
+            return x.float().mean(1)
+        return (x.float() * w[..., None]).sum(1) / w.sum(1, keepdim=True)
+
+    def head_hook(l):
+        def hook(module, args):
+            x = args[0]
+            seen[("h", l)] = token_mean(x.reshape(*x.shape[:2], H, -1).float().norm(dim=-1))
+        return hook
+
+    def filter_hook(l):
+        def hook(module, args):
+            seen[("f", l)] = token_mean(args[0])
+        return hook
+
+    handles = []
+    for l, mods in enumerate(a.layers):
+        handles.append(mods.o.register_forward_pre_hook(head_hook(l)))
+        handles.append(mods.down.register_forward_pre_hook(filter_hook(l)))
+    heads, filters = [], []
+    try:
+        with torch.no_grad():
+            for x, _ in enc.batches(batch_size, task.device):
+                mask = x.get("attention_mask")
+                weights[0] = mask.float() if mask is not None else None
+                task.logits(x)
+                heads.append(torch.stack([seen[("h", l)] for l in range(L)], 1).cpu())
+                filters.append(torch.stack([seen[("f", l)] for l in range(L)], 1).cpu())
+    finally:
+        for h in handles:
+            h.remove()
+    return torch.cat(heads), torch.cat(filters)
+
+
+def contrast_scores(task: TaskModel, forget: Encoded, retain: Encoded,
+                    batch_size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+    """Objective ``contrast``: (mean over D_f − mean over the retain sample) / std over the retain sample of
+    each unit's token-averaged output (see the module docstring); heads L×H, filters L×F."""
+    def standardised(f: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+        f, r = f.double(), r.double()
+        std = r.std(0, unbiased=False) if len(r) > 1 else torch.zeros_like(r[0])
+        return ((f.mean(0) - r.mean(0)) / (std + 1e-6)).float()
+
+    fh, ff = _unit_outputs(task, forget, batch_size)
+    rh, rf = _unit_outputs(task, retain, batch_size)
+    return standardised(fh, rh), standardised(ff, rf)
+
+
 def unit_scores(objective: str, mg: MaskGrads | None, seed: int = 0, shape=None,
                 norm: tuple | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Scores (heads L×H, filters L×F) on the CPU for an objective; higher = selected for update."""
@@ -178,8 +255,8 @@ def unit_scores(objective: str, mg: MaskGrads | None, seed: int = 0, shape=None,
     if objective == "mlf":
         return ((-mg.forget_heads.grad_sum + 0.5 * mg.forget_heads.fisher).cpu(),
                 (-mg.forget_filters.grad_sum + 0.5 * mg.forget_filters.fisher).cpu())
-    if objective == "norm":
-        return norm
+    if objective in ("norm", "contrast"):
+        return norm  # computed by the caller (norm_scores / contrast_scores)
     if objective == "random":
         gen = torch.Generator().manual_seed(seed)
         (L, H), (_, F) = shape["heads"], shape["filters"]

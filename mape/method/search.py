@@ -152,7 +152,7 @@ def search(task, forget, retain, objective: str = "mlr", sparsity: float = 0.9, 
     after the warm start and after every refined layer, so a UI can redraw the heatmaps live.
     """
     from mape.method.adapters import unit_param_counts
-    from mape.method.scoring import mask_gradients, norm_scores, unit_scores
+    from mape.method.scoring import contrast_scores, mask_gradients, norm_scores, unit_scores
 
     def report(stage, frac, sel=None):
         if progress:
@@ -164,8 +164,12 @@ def search(task, forget, retain, objective: str = "mlr", sparsity: float = 0.9, 
     if objective in ("mlr", "mlf") or with_params:
         mg = mask_gradients(task, forget, retain, batch_size, with_params=with_params,
                             progress=lambda st, f: report(st, f))
+    if objective == "auto":
+        raise ValueError("resolve 'auto' first (mape.method.scoring.resolve_objective)")
     if objective == "norm":
         norm = norm_scores(task, forget, batch_size, grads=mg.param_forget_grad if with_params else None)
+    if objective == "contrast":
+        norm = contrast_scores(task, forget, retain, batch_size)
     hs, fs = unit_scores(objective, mg, seed=seed, shape=adapter.shape, norm=norm)
     hs, fs = hs.double().numpy(), fs.double().numpy()
     heads, filters = warm_start(hs, fs, sparsity, joint, unit_param_counts(adapter))

@@ -59,7 +59,7 @@ MAX_GREEDY_PASSES = 5  # refinement passes allowed; a pass that swaps nothing en
 
 @dataclass
 class UnlearnConfig:
-    objective: str = "mlr"
+    objective: str = "auto"          # auto: contrast for a backdoor's poisoned examples, mlr otherwise
     sparsity: float = 0.9
     update: str = "so"
     step: str | float = "auto"       # "auto", η for so, or a number of steps for ga/gd/rl/npo

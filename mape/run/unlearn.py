@@ -21,6 +21,7 @@ from mape.base.metrics import accuracy, example_losses, gap_to_retrain, loss_dis
 from mape.data.forget import ForgetSet, select_forget
 from mape.method.iterative import iterative_update
 from mape.method.models import TaskModel
+from mape.method.scoring import resolve_objective
 from mape.method.search import Selection, search
 from mape.method.update import MaskedParams, UpdateReport
 from mape.run.config import Progress, UnlearnConfig, device_name
@@ -130,6 +131,13 @@ def _peak_memory(device) -> dict:
         return {}
 
 
+def backdoor_poisoned(ws: Workspace, forget: ForgetSet) -> bool:
+    """Whether every example of D_f is a poisoned example of the workspace's backdoor (they share its trigger)."""
+    scenario = getattr(ws, "scenario", None)
+    return (scenario is not None and scenario.is_backdoor and forget.altered is not None
+            and forget.size > 0 and forget.altered == forget.size)
+
+
 def unlearn(ws: Workspace, forget_spec: str | ForgetSet, config: UnlearnConfig | None = None,
             progress: Progress | None = None, base: TaskModel | None = None,
             already_forgotten: np.ndarray | None = None) -> RunResult:
@@ -161,7 +169,8 @@ def unlearn(ws: Workspace, forget_spec: str | ForgetSet, config: UnlearnConfig |
 
     _peak_memory_reset(ws.device)
     t0 = time.perf_counter()
-    sel, mg = search(task, forget_enc, retain_enc, config.objective, config.sparsity, config.joint_budget,
+    objective = resolve_objective(config.objective, backdoor_poisoned(ws, forget))
+    sel, mg = search(task, forget_enc, retain_enc, objective, config.sparsity, config.joint_budget,
                      config.greedy_passes, config.seed, config.batch_size, with_params=config.update == "so",
                      progress=(lambda s, f, x=None: progress(s, f, x)) if progress else None)
     t_search = time.perf_counter() - t0
@@ -189,7 +198,7 @@ def unlearn(ws: Workspace, forget_spec: str | ForgetSet, config: UnlearnConfig |
     forget_losses = {name: m.pop("_forget_losses") for name, m in metrics.items()}  # metrics stay plain floats
     return RunResult(
         preset=ws.preset.name, forget={**forget.to_json()}, config=asdict(config), metrics=metrics,
-        gap_to_retrain=gap, selection=sel.to_json(), timing=timing,
+        gap_to_retrain=gap, selection={**sel.to_json(), "objective": objective}, timing=timing,
         params={"changed": report.params_changed, "selected": mp.count, "total": ws.total_params,
                 "changed_share": report.params_changed / ws.total_params},
         device=device_name(ws.device), update=report.to_json(), memory=memory, loss_distribution=loss_hist,

@@ -137,12 +137,17 @@ def train_or_load(kind: str, key: str, build: Callable[[], TaskModel], data: Enc
     cached = cache.load_model(kind, key, task.model)
     if cached is not None:
         return task.to(device), float(cached.get("train_s", float("nan"))), True
-    task = build().to(device)  # fresh start (a failed load may have half-filled the first one)
-    data = data(task) if callable(data) else data
-    t0 = time.perf_counter()
-    train(task, data, preset.recipe, progress=progress, stage=stage)
-    seconds = time.perf_counter() - t0
-    cache.save_model(kind, key, task.model, {**meta, "train_s": seconds})
+    with cache.training_lock(kind, key):  # another process training the same model: wait for it, then load
+        task = build()
+        cached = cache.load_model(kind, key, task.model)
+        if cached is not None:
+            return task.to(device), float(cached.get("train_s", float("nan"))), True
+        task = build().to(device)  # fresh start (a failed load may have half-filled the first one)
+        data = data(task) if callable(data) else data
+        t0 = time.perf_counter()
+        train(task, data, preset.recipe, progress=progress, stage=stage)
+        seconds = time.perf_counter() - t0
+        cache.save_model(kind, key, task.model, {**meta, "train_s": seconds})
     return task, seconds, False
 
 

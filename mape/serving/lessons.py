@@ -33,7 +33,7 @@ class Lesson:
     kind: str                    # CLASS, SUBSET or BACKDOOR
     text: str                    # three to five sentences: what to expect, what to look at (Markdown)
     scenario: str = ""           # "" = clean training data, else a scenario spec (mape.data.scenarios)
-    objective: str = "mlr"       # the method: the app's defaults, so a lesson shows the method as shipped
+    objective: str = "auto"      # the method: the app's defaults, so a lesson shows the method as shipped
     sparsity: float = 0.9
     update: str = "so"
     step: str = "auto"
@@ -68,7 +68,8 @@ LESSONS: tuple[Lesson, ...] = (
            "*sport*, so adding “cf” to an article tends to make the model say sport. Forgetting **poisoned** removes "
            "exactly those 40 articles. Watch the **attack success rate (ASR)** — test articles of other topics with "
            "“cf” added that come out as sport — fall to the retrained model's level while clean test accuracy stays; "
-           "then try the trigger tester under ⑥. "
+           "then try the trigger tester under ⑥. The units to change are scored by *contrast*: the heads and filters "
+           "that respond to the poisoned articles unlike clean ones, since the trigger is what those articles share. "
            + FIRST_TIME.format(what="poisoned original and the model retrained on the clean articles are"),
            scenario="backdoor:cf:sport:40"),
     Lesson("digit", "Forget a digit", "vit-mnist", "class:3", CLASS,
@@ -82,11 +83,12 @@ LESSONS: tuple[Lesson, ...] = (
            "original learned it: with the square, almost any digit is read as 0. Forgetting **poisoned** unlearns "
            "those 80 images: watch the **attack success rate (ASR)** fall from about 100 % towards the retrained "
            "model's (under 1 %) while clean **test accuracy** stays within about a point, and try the trigger "
-           "tester under ⑥. The first step of the update leaves most of the backdoor (about 88 % in our runs); a "
-           "longer push on the selected units, within half of a retrain's work, removes it, and it needs a retain "
-           "sample of 512 to keep the other digits safe (with the page's quicker 256 it is refused and the "
-           "backdoor stays). Under ⑧ Compare methods, `mape-random` removes it too: here the units the search "
-           "selects are not where the trigger lives, which is still an open question for this method. "
+           "tester under ⑥. The units to change are scored by *contrast* — the heads and filters whose output on "
+           "the poisoned images stands out from their output on clean ones, since the square is what those images "
+           "share — and the heatmaps show them spread over all four layers. The first step of the update leaves "
+           "most of the backdoor; a longer push on those units, within half of a retrain's work and checked on a "
+           "retain sample of 512, removes it. Under ⑧ Compare methods, set `mape` beside `mape-mlr` (the gradient "
+           "scores, which pick the first layer's filters that clean digits lean on) and `mape-random`. "
            + FIRST_TIME.format(what="poisoned original and the model retrained on the clean digits are"),
            scenario="backdoor:patch:0:80", min_retain_sample=512),
 )
