@@ -6,10 +6,11 @@
 A decision rule of the automatic step that holds on one table and breaks another is a regression (DESIGN.md §9,
 "Quality gate"); the tests run tiny models and cannot see it, so ``.ci/run`` runs this after them. The cases
 and their bands are the table :data:`CASES` below, one line each, so that changing a band is a visible line in
-a diff. Each case is one ``unlearn`` run with the default method (MAPE, ``mlr``, ``so``, step ``auto``) at
-seed 0; originals (one per preset and scenario) and retrained models are trained on first use, cached under
-``MAPE_CACHE`` and shared between cases. Every case also carries the budget band of every run: the whole run
-(search, update and follow-ups) stays within half of a retrain's counted work (``update.work.retrain_share``).
+a diff. Each case is one ``unlearn`` run with the default method (MAPE, objective ``auto`` — ``mlr``, or
+``contrast`` on the backdoor cases' poisoned examples — update ``so``, step ``auto``) at seed 0; originals
+(one per preset and scenario) and retrained models are trained on first use, cached under ``MAPE_CACHE`` and
+shared between cases. Every case also carries the budget band of every run: the whole run (search, update and
+follow-ups) stays within half of a retrain's counted work (``update.work.retrain_share``).
 """
 
 from __future__ import annotations
