@@ -18,6 +18,7 @@ from tests.test_app_browser import (  # noqa: F401 - fixtures (browser, page, se
     RUN_TIMEOUT_S,
     browser,
     page,
+    predictions_answer,
     pytestmark,
     run_and_wait,
     screenshot,
@@ -28,6 +29,7 @@ from tests.test_app_browser import (  # noqa: F401 - fixtures (browser, page, se
 )
 
 METRIC_CELLS = slice(4, 8)  # the timeline's FA, RA, TA and MIA cells
+SENTENCE = "Shares fell sharply after the bank reported a loss, and the minister called the election."
 
 
 def timeline_rows(pg) -> list[list[str]]:
@@ -95,8 +97,40 @@ def check_unit_drill_down(page) -> None:  # noqa: F811 - the page, not the fixtu
     assert plot_title(page, "unit-attn-before").startswith("Before · layer")
 
 
-def test_two_successive_requests_then_back_to_the_original(page, tmp_path):  # noqa: F811 - the fixture
+def open_visitor(browser, server):  # noqa: F811 - the fixtures' values
+    """A second visitor: another browser context (its own Gradio session) on the same server, page ready."""
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    pg = context.new_page()
+    pg.goto(server)
+    pg.wait_for_selector("#forget-counts table", timeout=120_000)
+    return context, pg
+
+
+def model_blocks(pg) -> list[str]:
+    """The own-input answer's blocks, one per model ("Original (before): label" and one line per class)."""
+    return [" ".join(b.split()) for b in pg.locator("#custom-predictions .mape-dist").all_inner_texts()]
+
+
+def original_block(text: str) -> str:
+    """What the page shows for the shared original model on ``text``, computed in-process (the server runs in
+    this process) by the same call the page makes, with no run: the reference the visitors' answers must equal."""
+    from mape.serving import owner as serving
+    from ui import render
+
+    probs = serving.predict(PRESETS[0], None, text)
+    return render.prob_bars_html(serving.dataset(PRESETS[0]).classes, {"original": probs["original"]})
+
+
+def model_blocks_of_html(pg, html_: str) -> list[str]:
+    """:func:`model_blocks` of an answer's HTML, rendered by the browser (the same text the page shows)."""
+    return [" ".join(t.split()) for t in pg.evaluate(
+        "h => { const d = document.createElement('div'); d.innerHTML = h; document.body.appendChild(d);"
+        " const t = [...d.querySelectorAll('.mape-dist')].map(b => b.innerText); d.remove(); return t; }", html_)]
+
+
+def test_two_successive_requests_then_back_to_the_original(page, browser, server, tmp_path):  # noqa: F811
     assert not page.locator("#chain-more-btn").is_enabled()  # nothing to continue yet
+    reference = original_block(SENTENCE)  # before any request: what the original says, for every visitor
     if all(p.startswith("tiny-") for p in PRESETS):  # quick runs: fewer retain examples, the warm start only
         page.get_by_text("Advanced settings").click()
         textbox(page, "retain-sample").fill("64")
@@ -115,8 +149,30 @@ def test_two_successive_requests_then_back_to_the_original(page, tmp_path):  # n
     textbox(page, "seed").fill("3")
     box.press("Enter")
     wait_until(lambda: "random:8" in page.inner_text("#forget-counts"), 60, "the preview of random:8")
-    seconds = run_and_wait(page, "chain-more-btn")
-    print(f"second request (random:8 from the unlearned model): {seconds:.1f} s")
+    other_context, other = open_visitor(browser, server)
+    try:
+        # the second request runs while another visitor predicts: their answer is the shared original's
+        t0, before = time.monotonic(), status_text(page)
+        page.click("#chain-more-btn")
+        wait_until(lambda: status_text(page) != before, 120, "the second request to start")
+        predictions_answer(other, SENTENCE)
+        during = status_text(page)
+        other_blocks = model_blocks(other)
+        status = wait_until(lambda: (lambda t: t if ("Done" in t or "error" in t) else None)(status_text(page)),
+                            RUN_TIMEOUT_S, "the second request to finish")
+        assert "Done" in status, status
+        print(f"second request (random:8 from the unlearned model): {time.monotonic() - t0:.1f} s; "
+              f"the other visitor's prediction came while it ran: {'Done' not in during}")
+        assert "Done" not in during, f"the second request had finished before the other visitor's answer: {during}"
+        expected = model_blocks_of_html(other, reference)
+        assert other_blocks == expected, (other_blocks, expected)  # one block: the original, unchanged
+        assert "Run unlearning to compare" in other.inner_text("#custom-predictions")
+    finally:
+        other_context.close()
+    # the chaining visitor's own answer: the same original, next to the model after both requests
+    predictions_answer(page, SENTENCE)
+    mine = model_blocks(page)
+    assert len(mine) == 2 and mine[0] == other_blocks[0] and mine[1].startswith("MAPE (unlearned)"), mine
     assert "request 2: forgot random:8" in status_text(page), status_text(page)
     wait_until(lambda: len(timeline_rows(page)) == 2, 60, "a timeline of two")
     rows = timeline_rows(page)
