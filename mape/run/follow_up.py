@@ -123,6 +123,19 @@ def _no_follow_up(target: Target, before: Check | None, after: Check | None) -> 
     return None
 
 
+def contrasted_gradient(task, params: list, forget_enc: Encoded, repair_enc: Encoded, batch_size: int) -> dict:
+    """ĝ_f − ĝ_r: the gradient of the mean log loss on ``forget_enc`` minus that of the cross-entropy on the repair
+    retain examples, each scaled to unit norm — the direction of every step against a loss distribution (the first
+    and the follow-ups). The forget gradient alone also lowers the model's confidence on everything: on BBC
+    ``class:tech:120`` seed 2 every step along it moved the retain losses up (rank +0.21 to +0.40) while, in the
+    model's own frame, D_f did not move at all, and the run ended at gap 0.178 (original 0.181, MIA 29.9 % against
+    the retrained model's 100 %); along ĝ_f − ĝ_r the first step η = 0.01 reached the target with the retain losses
+    unmoved (+0.002): gap 0.010, MIA 99.4 % (BENCHMARKS "Why seed 2 barely moves")."""
+    grad_f = _unit(param_stats(task, forget_enc, params, "grad", batch_size, loss="logce"))
+    grad_r = _unit(param_stats(task, repair_enc, params, "grad", batch_size))
+    return {p: grad_f[p] - grad_r[p] for p in params}
+
+
 def _unit(grad: dict) -> dict:
     norm = float(np.sqrt(sum(float((g.double() ** 2).sum()) for g in grad.values())))
     return {p: g / max(norm, 1e-30) for p, g in grad.items()}
@@ -135,16 +148,22 @@ def follow_up_steps(task, mp: MaskedParams, mg, forget_enc: Encoded, retain_enc:
     """The ``so`` update, and with ``step='auto'`` its follow-up steps: see the module docstring."""
     prog = (lambda s, f: progress(s, f)) if progress else None
     work = Work(float("inf")) if work is None else work
+    params = list(mp.masks)
+    repair_enc = retain_enc.take(np.arange(min(len(retain_enc), FOLLOW_UP_RETAIN)))
     t_first = time.perf_counter()
-    report = so_update(task, mp, so_direction(mp, mg.param_forget_grad, mg.param_retain_fisher, config.damping),
+    first_grad = mg.param_forget_grad
+    if config.step == "auto" and target.reference_losses is not None \
+            and work.fits(GRAD_WORK * (len(forget_enc) + len(repair_enc)) + trial_work):
+        first_grad = contrasted_gradient(task, params, forget_enc, repair_enc, config.batch_size)
+        work.spend(GRAD_WORK * (len(forget_enc) + len(repair_enc)))
+    report = so_update(task, mp, so_direction(mp, first_grad, mg.param_retain_fisher, config.damping),
                        config.step, evaluate, target, progress=prog, work=work, trial_work=trial_work)
     seconds = [time.perf_counter() - t_first]
     if config.step == "auto" and not report.reached_target and distil is not None \
             and _distilled(report, seconds, distil, work, mp):
         return report
     steps, trials = [report.step], [{**t, "round": 1} for t in report.trials]
-    params, stopped, last = list(mp.masks), None, report.final
-    repair_enc = retain_enc.take(np.arange(min(len(retain_enc), FOLLOW_UP_RETAIN)))
+    stopped, last = None, report.final
 
     def out_of_work(need: float) -> str | None:
         return _out_of_work(work, need)
@@ -182,14 +201,10 @@ def follow_up_steps(task, mp: MaskedParams, mg, forget_enc: Encoded, retain_enc:
             break
         if progress:
             progress(f"so step {len(steps) + 1}: gradients on {len(left)} example(s) not yet forgotten", 0.0)
-        grad_f = param_stats(task, forget_enc.take(left), params, "grad", config.batch_size, loss=loss_kind)
-        grad_r = param_stats(task, repair_enc, params, "grad", config.batch_size)
+        contrast = contrasted_gradient(task, params, forget_enc.take(left), repair_enc, config.batch_size)
         work.spend(grad_need)
-        if loss_kind == "logce":
-            grad_f, grad_r = _unit(grad_f), _unit(grad_r)
         here = MaskedParams(mp.masks)  # the next step starts from the current point
-        direction = so_direction(here, {p: grad_f[p] - grad_r[p] for p in params}, mg.param_retain_fisher,
-                                 config.damping)
+        direction = so_direction(here, contrast, mg.param_retain_fisher, config.damping)
         report = so_update(task, here, direction, "auto", step_eval, target, progress=prog, work=work,
                            trial_work=round_trial_work, grid=_follow_up_grid(steps[-1]))
         trials += [{**t, "round": len(steps) + 1, **extra} for t in report.trials]
