@@ -363,6 +363,39 @@ def _hard_follow_up_case(bbc_ws):
     return smp, task, mp, mg, evaluate, target
 
 
+def test_the_first_step_against_a_loss_distribution_goes_along_the_contrasted_gradient(bbc_ws):
+    """Against a loss distribution the first step moves the selected entries by exactly η · d with d the
+    preconditioned ĝ_f − ĝ_r (unit log-loss gradient on D_f minus unit CE gradient on the repair retain
+    examples); against an accuracy-only target it keeps the search's ∇θ L(D_f). Nothing outside the selection
+    moves in either case."""
+    from mape.method.update import so_direction
+    from mape.method.work import Work
+    from mape.run.config import FOLLOW_UP_RETAIN, UnlearnConfig
+    from mape.run.follow_up import contrasted_gradient, follow_up_steps
+
+    cfg = UnlearnConfig(so_steps=1)
+    for against_losses in (True, False):
+        smp, task, mp, mg, evaluate, target = _hard_follow_up_case(bbc_ws)
+        if not against_losses:
+            target.reference_losses = None
+        params = list(mp.masks)
+        repair = smp.retain_enc.take(np.arange(min(len(smp.retain_enc), FOLLOW_UP_RETAIN)))
+        grad = contrasted_gradient(task, params, smp.forget_enc, repair, cfg.batch_size) if against_losses \
+            else mg.param_forget_grad
+        want = so_direction(mp, grad, mg.param_retain_fisher, cfg.damping)
+        frozen = {n: p.detach().clone() for n, p in task.model.named_parameters()}
+        report = follow_up_steps(task, mp, mg, smp.forget_enc, smp.retain_enc, cfg, evaluate, target, None,
+                                 work=Work(float("inf")), trial_work=1)
+        assert isinstance(report.step, float) and report.step > 0
+        for p, m in mp.masks.items():
+            base = mp.original[p]
+            assert torch.equal(p.detach(), torch.where(m, base + report.step * want[p].to(base.dtype), base))
+        selected = {id(p) for p in mp.masks}
+        for n, p in task.model.named_parameters():
+            if id(p) not in selected:
+                assert torch.equal(p.detach(), frozen[n]), n
+
+
 def test_follow_up_steps_never_outspend_a_zero_budget(bbc_ws):
     """With no work budget the first step tries one step size, the follow-ups stop before the first one and
     the report says so."""
@@ -393,8 +426,10 @@ def test_follow_up_work_is_counted_and_a_seed_repeats_exactly(bbc_ws):
     smp, task, mp, mg, evaluate, target = _hard_follow_up_case(bbc_ws)
     trial_work = len(smp.check_f) + len(smp.check_r)
     first = follow_up_steps(task, mp, mg, smp.forget_enc, smp.retain_enc, UnlearnConfig(so_steps=1), evaluate, target,
-                      None, work=Work(float("inf")), trial_work=trial_work).work["spent"]  # the first step's trials
-    assert first > 0 and first % trial_work == 0
+                      None, work=Work(float("inf")), trial_work=trial_work).work["spent"]
+    # the first step: its direction's gradients (D_f and the repair retain examples), then its trials
+    first_grads = GRAD_WORK * (len(smp.forget_enc) + min(len(smp.retain_enc), FOLLOW_UP_RETAIN))
+    assert first > first_grads and (first - first_grads) % trial_work == 0
     reports = []
     for _ in range(2):
         smp, task, mp, mg, evaluate, target = _hard_follow_up_case(bbc_ws)

@@ -6,7 +6,9 @@ Every rule writes through :class:`MaskedParams`, which sets each parameter to
 - ``so`` (default): θ ← θ + η · ‖θ_M‖ · d/‖d‖ with d = M ⊙ (Î_r + λ)⁻¹ ⊙ ∇θ L(D_f): one
   Fisher-preconditioned ascent step on the mean forget loss. Î_r is the per-example diagonal
   parameter Fisher on the retain sample, λ = damping · mean(Î_r over M). η is *relative*: the step
-  moves the selected parameters by the fraction η of their norm, so one grid fits every model.
+  moves the selected parameters by the fraction η of their norm, so one grid fits every model. (With
+  ``step='auto'`` against a loss distribution, ``mape.run.follow_up`` gives the first step the follow-ups'
+  contrasted direction ĝ_f − ĝ_r instead of ∇θ L(D_f): :func:`mape.run.follow_up.contrasted_gradient`.)
 - ``ga``: gradient ascent on D_f; ``gd``: ascent on D_f plus descent on D_r (NegGrad+);
   ``rl``: descent on D_f with random wrong labels plus D_r; ``npo``: negative preference optimisation
   against θ* (β = 0.1) plus a retain term. These take Adam steps on the selected entries.

@@ -1,7 +1,10 @@
 """The follow-up step loop of the automatic step (DESIGN.md §7–§8.5): further masked steps on what is left to
 forget, each bounded by the run's counted-work budget and stopped when it brings no progress or does harm.
 
-:func:`follow_up_steps` is the ``so`` update. With ``step='auto'``, when one step cannot reach the target within
+:func:`follow_up_steps` is the ``so`` update. With ``step='auto'`` and a loss-distribution target (not a whole class)
+its first step already goes along the follow-ups' direction below, ĝ_f − ĝ_r on all of D_f
+(:func:`contrasted_gradient`; its gradients are counted as work, and the search's ∇θ L(D_f) is used when the budget
+cannot pay for them). When one step cannot reach the target within
 the retain tolerance, up to ``config.so_steps - 1`` further steps follow from the chosen point, each recomputing
 its gradient there on the examples :func:`_still_to_forget` names (at most ``FOLLOW_UP_FORGET``, the
 most confident), minus that of the first ``FOLLOW_UP_RETAIN`` examples of the retain sample (repairing
