@@ -126,15 +126,16 @@ def _no_follow_up(target: Target, before: Check | None, after: Check | None) -> 
     return None
 
 
-def contrasted_gradient(task, params: list, forget_enc: Encoded, repair_enc: Encoded, batch_size: int) -> dict:
-    """ĝ_f − ĝ_r: the gradient of the mean log loss on ``forget_enc`` minus that of the cross-entropy on the repair
-    retain examples, each scaled to unit norm — the direction of every step against a loss distribution (the first
-    and the follow-ups). The forget gradient alone also lowers the model's confidence on everything: on BBC
-    ``class:tech:120`` seed 2 every step along it moved the retain losses up (rank +0.21 to +0.40) while, in the
+def contrasted_gradient(task, params: list, forget_enc: Encoded, repair_enc: Encoded, batch_size: int,
+                        loss: str = "logce") -> dict:
+    """ĝ_f − ĝ_r: the gradient of the mean log loss (``loss``) on ``forget_enc`` minus that of the cross-entropy on
+    the repair retain examples, each scaled to unit norm — the direction of every step against a loss distribution
+    (the first and the follow-ups). The forget gradient alone also lowers the model's confidence on everything: on
+    BBC ``class:tech:120`` seed 2 every step along it moved the retain losses up (rank +0.21 to +0.40) while, in the
     model's own frame, D_f did not move at all, and the run ended at gap 0.178 (original 0.181, MIA 29.9 % against
     the retrained model's 100 %); along ĝ_f − ĝ_r the first step η = 0.01 reached the target with the retain losses
     unmoved (+0.002): gap 0.010, MIA 99.4 % (BENCHMARKS "Why seed 2 barely moves")."""
-    grad_f = _unit(param_stats(task, forget_enc, params, "grad", batch_size, loss="logce"))
+    grad_f = _unit(param_stats(task, forget_enc, params, "grad", batch_size, loss=loss))
     grad_r = _unit(param_stats(task, repair_enc, params, "grad", batch_size))
     return {p: grad_f[p] - grad_r[p] for p in params}
 
@@ -154,11 +155,10 @@ def follow_up_steps(task, mp: MaskedParams, mg, forget_enc: Encoded, retain_enc:
     params = list(mp.masks)
     repair_enc = retain_enc.take(np.arange(min(len(retain_enc), FOLLOW_UP_RETAIN)))
     t_first = time.perf_counter()
-    first_grad = mg.param_forget_grad
-    if config.step == "auto" and target.reference_losses is not None \
-            and work.fits(GRAD_WORK * (len(forget_enc) + len(repair_enc)) + trial_work):
+    first_grad, first_grad_work = mg.param_forget_grad, GRAD_WORK * (len(forget_enc) + len(repair_enc))
+    if config.step == "auto" and target.reference_losses is not None and work.fits(first_grad_work + trial_work):
         first_grad = contrasted_gradient(task, params, forget_enc, repair_enc, config.batch_size)
-        work.spend(GRAD_WORK * (len(forget_enc) + len(repair_enc)))
+        work.spend(first_grad_work)
     report = so_update(task, mp, so_direction(mp, first_grad, mg.param_retain_fisher, config.damping),
                        config.step, evaluate, target, progress=prog, work=work, trial_work=trial_work)
     seconds = [time.perf_counter() - t_first]
@@ -204,7 +204,7 @@ def follow_up_steps(task, mp: MaskedParams, mg, forget_enc: Encoded, retain_enc:
             break
         if progress:
             progress(f"so step {len(steps) + 1}: gradients on {len(left)} example(s) not yet forgotten", 0.0)
-        contrast = contrasted_gradient(task, params, forget_enc.take(left), repair_enc, config.batch_size)
+        contrast = contrasted_gradient(task, params, forget_enc.take(left), repair_enc, config.batch_size, loss_kind)
         work.spend(grad_need)
         here = MaskedParams(mp.masks)  # the next step starts from the current point
         direction = so_direction(here, contrast, mg.param_retain_fisher, config.damping)
