@@ -75,11 +75,11 @@ def wait_until_the_engine_is_idle(timeout: float = 300.0) -> None:
         time.sleep(0.5)
 
 
-@pytest.fixture(scope="module")
-def server():
+def serve_app(mp: pytest.MonkeyPatch):
+    """Serve the app on a free port with ``mp``'s settings (undone when the server closes); yields its URL. The
+    server fixtures of the browser tests (this file's and tests/test_app_lessons.py's) are this generator."""
     import torch
 
-    mp = pytest.MonkeyPatch()
     if all(p.startswith("tiny-") for p in PRESETS):
         mp.setenv("MAPE_APP_RETAIN_SAMPLE", "128")
     mp.setenv("MAPE_APP_PRESETS", ",".join(PRESETS))
@@ -98,6 +98,11 @@ def server():
         demo.close()
         mp.undo()
         torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def server():
+    yield from serve_app(pytest.MonkeyPatch())
 
 
 @pytest.fixture(scope="module")

@@ -19,15 +19,14 @@ from mape.serving import lessons as LS, offer
 from tests.test_app_browser import (  # noqa: F401 - fixtures (browser, page) and the skip marks
     PRESETS,
     browser,
-    free_port,
     page,
     pytestmark,
     run_and_wait,
     screenshot,
+    serve_app,
     status_text,
     textbox,
     wait_until,
-    wait_until_the_engine_is_idle,
 )
 
 TINY = all(p.startswith("tiny-") for p in PRESETS)
@@ -49,28 +48,10 @@ def lessons() -> tuple[LS.Lesson, ...]:
 
 @pytest.fixture(scope="module")
 def server():
-    import torch
-
     mp = pytest.MonkeyPatch()
     if TINY:
-        mp.setenv("MAPE_APP_RETAIN_SAMPLE", "128")
         mp.setattr(LS, "LESSONS", lessons())
-    mp.setenv("MAPE_APP_PRESETS", ",".join(PRESETS))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    import app
-
-    demo = app.build_demo(presets=PRESETS, concurrency=2)
-    port = free_port()
-    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True,
-                theme=app.THEME, css=app.CSS)
-    try:
-        yield f"http://127.0.0.1:{port}/"
-    finally:
-        wait_until_the_engine_is_idle()
-        demo.close()
-        mp.undo()
-        torch.set_num_threads(threads)
+    yield from serve_app(mp)
 
 
 def click_lesson(pg, lesson: LS.Lesson) -> float:
