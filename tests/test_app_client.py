@@ -89,18 +89,6 @@ def test_api_lists_only_unlearn_and_compare(server):
     assert params == ["preset", "forget", "methods", "seeds", "sparsity", "relearn_steps", "scenario"]
 
 
-def test_unlearn_endpoint_text(server):
-    t0 = time.perf_counter()
-    res = call(server, "tiny-bbc", "random:12")
-    check_result(res, "tiny-bbc", "random:12", 12, layers=6, heads=12)
-    assert "gap_to_retrain" not in res  # no retrain asked for
-    # the same schema as the CLI's results JSON
-    assert {"preset", "forget", "config", "metrics", "selection", "timing", "params", "device", "update", "memory",
-            "history"} <= set(res)
-    assert "evaluation" not in res  # the API measures the full splits, like the CLI
-    print(f"tiny-bbc run (incl. first-use training) {time.perf_counter() - t0:.1f} s")
-
-
 def test_unlearn_endpoint_image_with_retrain(server):
     res = call(server, "tiny-mnist", "class:3", retrain=True)
     size = res["forget"]["size"]
@@ -109,20 +97,6 @@ def test_unlearn_endpoint_image_with_retrain(server):
     assert set(res["metrics"]) == {"original", "unlearned", "retrain"}
     assert set(res["gap_to_retrain"]) == {"original", "unlearned"}
     assert "test_forget_class_acc" in res["metrics"]["unlearned"]
-
-
-def test_unlearn_endpoint_on_a_scenario(server):
-    """The appended ``scenario`` argument: the original trained with 8 backdoored texts, forget ``poisoned``.
-    (The app's first text scenario, whose original the browser and serving tests use too: one training per
-    suite with a shared cache. Label noise is run end to end in tests/test_scenarios.py.)"""
-    from gradio_client import Client
-
-    res = Client(server, verbose=False).predict("tiny-bbc", "poisoned", "mlr", 0.9, "so", 0, False,
-                                                "backdoor:cf:sport:8", api_name="/unlearn")
-    assert res["scenario"]["spec"] == "backdoor:cf:sport:8" and res["forget"]["size"] == 8
-    assert sorted(res["forget"]["indices"]) == sorted(res["scenario"]["indices"])
-    for name in ("original", "unlearned"):
-        assert {"forget_acc", "forget_acc_true", "asr"} <= set(res["metrics"][name])
 
 
 def test_unlearn_endpoint_poisoned_needs_a_scenario(server):
@@ -197,20 +171,34 @@ def test_unlearn_endpoint_bad_settings(server):
 
 
 def test_two_sessions_at_once_get_their_own_results(server):
+    """Three sessions at once: a text run (the CLI's results schema), a run on the appended ``scenario``
+    argument (the original trained with 8 backdoored texts, forget ``poisoned``; the app's first text
+    scenario, whose original the browser and serving tests use too) and an image run. Label noise is run end
+    to end in tests/test_scenarios.py."""
     from gradio_client import Client
 
-    requests = [("tiny-bbc", "random:10", 10), ("tiny-bbc", "class:sport:7", 7), ("tiny-mnist", "class:7:9", 9)]
+    requests = [("tiny-bbc", "random:12", 0, None), ("tiny-bbc", "poisoned", 1, "backdoor:cf:sport:8"),
+                ("tiny-mnist", "class:7:9", 1, None)]
     clients = [Client(server, verbose=False, download_files=False) for _ in requests]
-    jobs = [c.submit(p, spec, "mlr", 0.9, "so", 1, False, api_name="/unlearn")
-            for c, (p, spec, _) in zip(clients, requests)]
+    jobs = [c.submit(p, spec, "mlr", 0.9, "so", seed, False, *([scenario] if scenario else []), api_name="/unlearn")
+            for c, (p, spec, seed, scenario) in zip(clients, requests)]
     with ThreadPoolExecutor(len(jobs)) as pool:
         results = list(pool.map(lambda j: j.result(timeout=600), jobs))
-    for res, (preset, spec, size) in zip(results, requests):
-        assert res["preset"] == preset
-        assert res["forget"]["spec"] == spec
-        assert res["forget"]["size"] == size == len(res["forget"]["indices"])
-        assert res["config"]["seed"] == 1
-    assert results[0]["forget"]["indices"] != results[1]["forget"]["indices"]
+    text, backdoor, image = results
+    check_result(text, "tiny-bbc", "random:12", 12, layers=6, heads=12)
+    assert "gap_to_retrain" not in text and "scenario" not in text  # no retrain asked for, clean data
+    # the same schema as the CLI's results JSON
+    assert {"preset", "forget", "config", "metrics", "selection", "timing", "params", "device", "update", "memory",
+            "history"} <= set(text)
+    assert "evaluation" not in text  # the API measures the full splits, like the CLI
+    assert backdoor["scenario"]["spec"] == "backdoor:cf:sport:8" and backdoor["forget"]["size"] == 8
+    assert sorted(backdoor["forget"]["indices"]) == sorted(backdoor["scenario"]["indices"])
+    for name in ("original", "unlearned"):
+        assert {"forget_acc", "forget_acc_true", "asr"} <= set(backdoor["metrics"][name])
+    check_result(image, "tiny-mnist", "class:7:9", 9, layers=4, heads=4)
+    for res, request in zip(results, requests):
+        assert res["config"]["seed"] == request[2]
+    assert text["forget"]["indices"] != image["forget"]["indices"]
 
 
 def test_eight_clients_at_once_share_the_original_safely(server):
@@ -227,23 +215,23 @@ def test_eight_clients_at_once_share_the_original_safely(server):
     expected_probs = [solo.predict("tiny-bbc", t, api_name="/predict") for t in texts]
     expected_attr = [solo.predict("tiny-bbc", t, api_name="/explain") for t in texts]
     before = serving.original_weights("tiny-bbc")
-    requests = ([("/unlearn", ("tiny-bbc", spec, "mlr", 0.9, "so", seed, False))
-                 for spec, seed in (("random:10", 1), ("class:sport:7", 2), ("random:5", 3))]
+    runs = (("random:10", 2, 10), ("class:sport:7", 3, 7))
+    requests = ([("/unlearn", ("tiny-bbc", spec, "mlr", 0.9, "so", seed, False)) for spec, seed, _ in runs]
                 + [("/compare", ("tiny-bbc", "random:6", "mape", "4", 0.9, 0))]
-                + [("/predict", ("tiny-bbc", t)) for t in texts] + [("/explain", ("tiny-bbc", t)) for t in texts])
+                + [("/predict", ("tiny-bbc", t)) for t in (*texts, texts[0])]
+                + [("/explain", ("tiny-bbc", t)) for t in texts])
     assert len(requests) == 8
     clients = [Client(server, verbose=False, download_files=False) for _ in requests]
     jobs = [c.submit(*args, api_name=name) for c, (name, args) in zip(clients, requests)]
     with ThreadPoolExecutor(len(jobs)) as pool:
         answers = list(pool.map(lambda j: j.result(timeout=900), jobs))
-    for res, (spec, seed, size) in zip(answers[:3],
-                                       (("random:10", 1, 10), ("class:sport:7", 2, 7), ("random:5", 3, 5))):
+    for res, (spec, seed, size) in zip(answers[:2], runs):
         assert res["forget"]["spec"] == spec and res["config"]["seed"] == seed
         assert res["forget"]["size"] == size == len(res["forget"]["indices"])
-    cmp = answers[3]
+    cmp = answers[2]
     assert (cmp["forget"] == "random:6" and cmp["seeds"] == [4]
             and set(cmp["results"]) == {"original", "mape", "retrain"})
-    for got, want in zip(answers[4:6], expected_probs):
+    for got, want in zip(answers[3:6], (*expected_probs, expected_probs[0])):
         assert got["classes"] == want["classes"]
         np.testing.assert_allclose(got["original"], want["original"], rtol=0, atol=1e-6)
     for got, want in zip(answers[6:8], expected_attr):

@@ -167,6 +167,33 @@ def test_a_larger_audit_reuses_every_model_of_a_smaller_one(ws):
     assert (larger.tasks["computed"], larger.tasks["resumed"]) == (4, 12)
 
 
+def test_run_s_starts_from_original_s_so_a_method_that_changes_nothing_is_the_original(ws, monkeypatch):
+    """Run s of a method starts from the original of training seed s (kept in the model cache by seed): a
+    method that returns its start model unchanged gets the originals' row exactly, ε for ε. (From one shared
+    original, such a method's runs would all be the same model, and the deterministic-method rule would give
+    it F = 0, below the originals' row.)"""
+    from types import SimpleNamespace
+
+    from mape.evaluation import baselines
+    from mape.evaluation.baselines import BaselineConfig
+    from mape.evaluation.executors import weights_digest
+
+    starts = {}
+
+    def changes_nothing(start, name, forget, seed, config):
+        starts[seed] = weights_digest(start.task.model)
+        assert start.original_test_probs() is not ws.original_test_probs() or seed == 0  # its own predictions
+        return SimpleNamespace(task=start.task)
+
+    monkeypatch.setattr(baselines, "run_method", changes_nothing)
+    res = A.audit(ws, "random:16", ["mape"], models=3, threads=1, config=BaselineConfig(sparsity=0.8))
+    assert res.rows["mape"]["epsilons"] == res.rows[A.ORIGINAL]["epsilons"]
+    assert res.rows["mape"]["forget_score"] == res.rows[A.ORIGINAL]["forget_score"]
+    assert starts[0] == weights_digest(ws.task.model)
+    assert starts == {s: weights_digest(A.seeded_original(ws, s).model) for s in range(3)}
+    assert len(set(starts.values())) == 3  # three different originals, each trained once and read back
+
+
 def test_seed_zero_populations_are_the_cached_original_and_retrain(ws):
     """The seeded training the audit uses for seeds ≥ 1 gives, at seed 0, the cached original and retrain
     bit for bit: every model of a population comes from the same recipe."""

@@ -175,15 +175,27 @@ def test_cli_bad_input_exits_2_with_one_line(argv, message, capsys):
     assert err.startswith("error:") and "\n" not in err and message in err and "Traceback" not in err
 
 
-def test_corrupt_cache_is_rebuilt(bbc_ws):
-    d = cache.entry_dir("original", bbc_ws.key)
-    weights = d / "model.safetensors"
+def test_corrupt_cache_is_rebuilt(tmp_path, monkeypatch):
+    """A flipped byte in a cached original's weights: prepare() trains it again, stores a valid entry and gets
+    the same weights (the seeded recipe). On a private cache with the tiny ViT preset of tests/test_audit.py
+    (real MNIST digits), so that the shared original other test workers read is never corrupted."""
+    import dataclasses
+
+    from mape.data.presets import PRESETS, get_preset
+    from tests.test_baselines import TINY_RECIPE, TINY_VIT
+
+    monkeypatch.setenv("MAPE_CACHE", str(tmp_path))
+    preset = dataclasses.replace(get_preset("vit-mnist"), name="test-corrupt-mnist", vit_config=TINY_VIT,
+                                 recipe=dataclasses.replace(TINY_RECIPE, epochs=2))
+    monkeypatch.setitem(PRESETS, preset.name, preset)
+    first = prepare(preset.name, train_limit=200, device="cpu")
+    weights = cache.entry_dir("original", first.key) / "model.safetensors"
     data = bytearray(weights.read_bytes())
     data[len(data) // 2] ^= 0xFF
     weights.write_bytes(bytes(data))
-    ws = prepare("test-minilm-bbc", train_limit=400, device="cpu")
+    ws = prepare(preset.name, train_limit=200, device="cpu")
     assert cache.load_model("original", ws.key, ws.task.clone().model) is not None  # rebuilt and valid
-    a, b = _state(ws.task), _state(bbc_ws.task)
+    a, b = _state(ws.task), _state(first.task)
     assert all(torch.equal(a[k], b[k]) for k in a)  # same seeded recipe → same weights
 
 

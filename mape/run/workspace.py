@@ -3,6 +3,7 @@ cached) and the models retrained without a forget set (cached by what they forgo
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import time
 from typing import Callable
@@ -34,6 +35,14 @@ class Workspace:
         self._test_probs: np.ndarray | None = None
         self._unseen: tuple[np.ndarray, np.ndarray] | None = None
         self.total_params = parameter_count(task.model)
+
+    def starting_from(self, task: TaskModel) -> "Workspace":
+        """This workspace with ``task`` as its original (the audit's original of another training seed): the
+        same data and cache keys, the original's memoised predictions started afresh."""
+        other = copy.copy(self)
+        other.task, other.total_params = task, parameter_count(task.model)
+        other._probs, other._test_probs, other._unseen = {}, None, None
+        return other
 
     def original_train_probs(self, idx: np.ndarray) -> np.ndarray:
         """Original-model probabilities for training examples (memoised)."""
