@@ -103,12 +103,17 @@ def plan_tasks(methods: list[str], models: int) -> list[AuditTask]:
     return tasks
 
 
+def _with_seed(preset, seed: int):
+    """The preset with training seed ``seed``."""
+    return dataclasses.replace(preset, recipe=dataclasses.replace(preset.recipe, seed=seed))
+
+
 def _seeded_training(ws, forgotten: np.ndarray, seed: int):
     """The preset's recipe from its start model, with training seed ``seed``, on all but ``forgotten``."""
     from mape.data.presets import build_start_model
     from mape.method.train import train
 
-    preset = dataclasses.replace(ws.preset, recipe=dataclasses.replace(ws.preset.recipe, seed=seed))
+    preset = _with_seed(ws.preset, seed)
     task = build_start_model(preset, ws.dataset.classes).to(ws.device)
     keep = np.setdiff1d(np.arange(len(ws.train_y)), forgotten)
     train(task, ws.train_enc.take(keep), preset.recipe)
@@ -124,7 +129,7 @@ def seeded_original(ws, seed: int):
 
     if seed == ws.preset.recipe.seed:
         return ws.task
-    preset = dataclasses.replace(ws.preset, recipe=dataclasses.replace(ws.preset.recipe, seed=seed))
+    preset = _with_seed(ws.preset, seed)
     spec = {"original": ws.key, "training_seed": seed}
     return train_or_load("original", cache.cache_key(spec), lambda: build_start_model(preset, ws.dataset.classes),
                          ws.train_enc, preset, ws.device, None, f"training the original of seed {seed}", spec)[0]
