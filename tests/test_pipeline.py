@@ -76,7 +76,7 @@ def test_retrain_is_cached_and_closer(bbc_ws, sport_run):
     assert res.metrics["retrain"]["forget_acc"] <= 0.05
     assert res.gap_to_retrain["unlearned"] < res.gap_to_retrain["original"]
     again, seconds, cached = retrain_model(bbc_ws, res.forget_set.indices)  # what a second run loads
-    assert cached and not res.timing["retrain_cached"]  # loaded from the cache
+    assert cached  # loaded from the cache (the run trained it, or found it trained by another test file)
     assert round(seconds, 3) == res.timing["retrain_s"]  # its recorded training time
     for (name, a), (_, b) in zip(again.model.state_dict().items(), res.retrained.model.state_dict().items()):
         assert torch.equal(a, b), name
