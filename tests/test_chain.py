@@ -68,9 +68,14 @@ def test_second_request_starts_from_the_first_model_and_the_original_stays(servi
     np.testing.assert_array_equal(seen["already"], first_idx)
 
     # the accumulated delta still holds the first request's changes (but for the odd entry the second update
-    # happened to bring back to the original's exact float32 value); the retrain reference forgets both sets
-    for name, (idx, _) in first["delta"].items():
+    # happened to bring back to the original's exact float32 value, and for a parameter the first request moved
+    # by rounding noise only: an attention key bias, which softmax ignores, has a gradient of 0 up to rounding and
+    # moved by ~5e-10 on tiny-bbc); the retrain reference forgets both sets
+    for name, (idx, vals) in first["delta"].items():
         assert name in second["delta"], name
+        w0 = before[name].reshape(-1)[idx]
+        if np.abs(vals - w0).max() <= 1e-6 * max(1.0, float(np.abs(w0).max())):
+            continue
         assert len(set(idx) - set(second["delta"][name][0])) <= max(2, len(idx) // 100), name
     second_idx = second["chain"][1]["forget_indices"]
     np.testing.assert_array_equal(second["forget_indices"], np.union1d(first_idx, second_idx))
