@@ -1,7 +1,6 @@
 """Shared fixtures: a private model cache and small, fast presets built on real models and data."""
 
 import os
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -25,27 +24,6 @@ FAST_PRESETS = {
                               recipe=Recipe(epochs=4, lr=2e-3, batch_size=64, weight_decay=0.05)),
 }
 PRESETS.update(FAST_PRESETS)
-
-
-def pytest_sessionstart(session):
-    """With ``-n N`` and one cache for the workers (``MAPE_CACHE`` set, as in CI): train the models several test
-    files share before the workers start (tests/warm.py), so that no worker waits idle on another's training.
-    ``MAPE_TEST_WARM=0`` turns it off."""
-    workers = getattr(session.config.option, "numprocesses", None)
-    if os.environ.get("PYTEST_XDIST_WORKER") or not workers or "MAPE_CACHE" not in os.environ \
-            or os.environ.get("MAPE_TEST_WARM") == "0":
-        return
-    from tests import warm
-
-    jobs = warm.jobs_for(warm.files_in_run(session.config.args, Path(__file__).parent))
-    t0 = time.perf_counter()
-    done = warm.warm(jobs, int(workers) if str(workers).isdigit() else (os.cpu_count() or 1))
-    failed = [f"{name} ({error})" for name, _, error in done if error]
-    line = (f"shared models trained before the workers start: {', '.join(f'{n} {s:.0f} s' for n, s, _ in done)}"
-            f" ({time.perf_counter() - t0:.0f} s in all)" + (f"; failed, left to the tests: {'; '.join(failed)}"
-                                                             if failed else ""))
-    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
-    reporter.write_line(line) if reporter else print(line)
 
 
 @pytest.fixture(scope="session", autouse=True)
