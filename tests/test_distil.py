@@ -69,3 +69,43 @@ def test_distil_keeps_the_start_when_no_check_is_feasible_and_never_outspends_it
     small = first_block_work(len(forget), len(retain), len(forget) + len(retain), len(forget)) - 1
     out, _, work = _run(task, forget, retain, mp, ref, Target(0.0, 1.0, tolerance=1.0), budget=small)
     assert out["taken"] == 0 and work.spent == 0 and out["stopped"].startswith("work")
+
+
+def test_distil_repairs_with_the_retain_term_alone_when_nothing_is_left_but_the_retain_check_is_broken():
+    """A block that pushed every forget example off its label but broke the retain check is not the end: the next
+    block has nothing to push, so its steps take the retain distillation term alone (no forget example is
+    passed), and the push stops only once nothing is left at a feasible point."""
+    from mape.method.distil import DISTIL_RETAIN_BATCH
+    from mape.method.work import GRAD_WORK
+
+    task, forget, retain, mp, ref = _setup()
+    gen = torch.Generator().manual_seed(3)
+    mp.set_offset({p: torch.randn(p.shape, generator=gen) * 0.5 for p in mp.masks}, 1.0)  # away from ref's model
+    evaluate = lambda: check(task, forget, retain)  # noqa: E731
+    start = evaluate()
+
+    class BrokenAtStart(Target):  # the start's retain check is broken, every later check is feasible; the
+        # forget accuracy target is out of reach, so only 'nothing left' can stop the push
+        def feasible_check(self, c):
+            return c is not start
+
+    frozen = {n: p.detach().clone() for n, p in task.model.named_parameters()}
+
+    def kl():
+        with torch.no_grad():
+            logp = torch.log_softmax(task.logits(retain.inputs).float(), -1)
+        return float(torch.nn.functional.kl_div(logp, ref, log_target=True, reduction="batchmean"))
+
+    kl_start, work, trial, scan = kl(), Work(1e9), len(forget) + len(retain), len(forget)
+    out = distil_steps(task, mp, forget, retain, ref, 2e-3, 0, evaluate, BrokenAtStart(-1.0, 1.0, 1.0), start,
+                       lambda: np.array([], dtype=int), work, trial_work=trial, scan_work=scan)
+    assert out["taken"] == DISTIL_EVERY and out["steps"] == DISTIL_EVERY and out["stopped"] == "nothing left to push"
+    br = min(DISTIL_RETAIN_BATCH, len(retain))  # retain examples only, then a check; two scans
+    assert work.spent == DISTIL_EVERY * GRAD_WORK * br + trial + 2 * scan
+    assert kl() < 0.5 * kl_start  # the retained predictions went back towards the starting model's
+    for n, p in task.model.named_parameters():
+        m = next((mk for q, mk in mp.masks.items() if q is p), None)
+        if m is None:
+            assert torch.equal(p.detach(), frozen[n])
+        else:
+            assert torch.equal(p.detach()[~m], frozen[n][~m])

@@ -268,3 +268,33 @@ def test_so_follow_up_steps_use_the_examples_not_yet_forgotten(bbc_ws, monkeypat
     for n, correct in forget_passes:  # only examples still classified correctly, all of them
         assert 0 < n <= 24 and correct == n
     assert all(n == 48 for n, _ in retain_passes)
+
+
+@pytest.mark.parametrize("kept", [0, 25])
+def test_a_distilled_push_that_kept_nothing_hands_over_to_so_follow_ups(bbc_ws, monkeypatch, kept):
+    """A distilled push whose every check was farther from the target than the first step (``steps`` 0: e.g. the
+    whole class off its label but the retain check broken, vit-mnist class:3 seed 0 on an Intel CPU) is not the
+    run's last word: the so follow-ups run from the first step's point. A push that kept a checkpoint ends the
+    run as before."""
+    from mape.method.update import Target
+
+    monkeypatch.setattr("mape.run.targets.forget_target",
+                        lambda ws, forget, ra, tol, *rest: Target(-1.0, ra, tol))
+    monkeypatch.setattr("mape.run.follow_up._no_follow_up", lambda *args: None)
+    monkeypatch.setattr("mape.run.follow_up.RUN_WORK_SHARE", float("inf"))
+
+    def distil(ws, task, start, mp, smp, config, evaluate, target, report, work):
+        report.trials = report.trials + [{"step": 25, "forget_acc": 0.0, "retain_acc": 0.5, "round": "distil"}]
+        report.distil = {"steps": kept, "taken": 25, "stopped": "nothing left to push"}
+        return True
+
+    monkeypatch.setattr(pipeline, "distil_follow_up", distil)
+    res = unlearn(bbc_ws, "class:sport:24", UnlearnConfig(so_steps=3, retain_sample=48, seed=1))
+    rounds = [t["round"] for t in res.update["trials"]]
+    assert res.update["distil"]["steps"] == kept and rounds.count("distil") == 1
+    if kept:  # the push's checkpoint is the run's result
+        assert set(rounds) == {1, "distil"} and not isinstance(res.update["step"], list)
+    else:  # round 1, the push's check, then so follow-up steps 2 and 3
+        assert rounds.index("distil") == max(i for i, r in enumerate(rounds) if r == 1) + 1
+        assert [r for r in rounds if r != "distil"] == sorted(r for r in rounds if r != "distil")
+        assert sorted(set(rounds) - {"distil"}) == [1, 2, 3] and len(res.update["step"]) == 3

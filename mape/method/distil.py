@@ -20,7 +20,11 @@ confident than unseen examples of the same rank; for a whole class: those still 
 ``DISTIL_EVERY`` steps the model is checked like a step-size trial, the closest check to the target is kept
 (feasible first: :class:`mape.method.update.KeepClosest`, which starts from the ``so`` result, so the phase never
 ends worse than it began by the target's own measure), and it stops when the target is reached, nothing is
-left to push, ``DISTIL_MAX_STEPS`` were taken, or the run's counted work would pass its budget. With it the same
+left to push at a feasible point, ``DISTIL_MAX_STEPS`` were taken, or the run's counted work would pass its
+budget. Nothing left at a point that broke the retain check (a block pushed all of a class off its label and
+retained examples with it: vit-mnist ``class:3`` seed 0 on an Intel CPU, retain check 95.7 % after the first
+block) is not a reason to stop: the next block is a repair block, the retain term alone (that case then ends at
+0 % of the class, test accuracy on the other classes 92.3 %, as the original and the retrained model). With it the same
 case ends at ASR 1.6 / 1.1 / 1.0 % and clean test accuracy 91.6 / 91.6 / 92.0 % (original 92.2, retrained
 92.7). On the BBC presets half a retrain's work (1.5 epochs) cannot pay for a block after the search and the
 first step, so their runs are unchanged.
@@ -81,7 +85,7 @@ def distil_steps(task: TaskModel, mp: MaskedParams, forget_enc: Encoded, retain_
     gen = torch.Generator().manual_seed(seed)
     bf, br = min(DISTIL_FORGET_BATCH, len(forget_enc)), min(DISTIL_RETAIN_BATCH, len(retain_enc))
     block = first_block_work(len(forget_enc), len(retain_enc), trial_work, scan_work)
-    steps, stopped = 0, "steps: the most distilled push steps were taken"
+    steps, stopped, last = 0, "steps: the most distilled push steps were taken", start
     with training_only(task.model, params, train=False):
         while steps < DISTIL_MAX_STEPS:
             if not work.fits(block):
@@ -89,23 +93,26 @@ def distil_steps(task: TaskModel, mp: MaskedParams, forget_enc: Encoded, retain_
                 break
             left = left_fn()
             work.spend(scan_work)
-            if len(left) == 0:
+            if len(left) == 0 and target.feasible_check(last):
                 stopped = "nothing left to push"
                 break
-            pool = forget_enc.take(left)
+            # nothing left but the retain check broken (the last block overshot): a block of the retain term alone
+            pool = forget_enc.take(left) if len(left) else None
             for _ in range(DISTIL_EVERY):
-                fi = torch.randint(0, len(pool), (min(bf, len(pool)),), generator=gen).numpy()
+                fi = None if pool is None else \
+                    torch.randint(0, len(pool), (min(bf, len(pool)),), generator=gen).numpy()
                 ri = torch.randint(0, len(retain_enc), (br,), generator=gen)
-                fb, rb = pool.take(fi), retain_enc.take(ri.numpy())
-                fx = {k: v.to(task.device) for k, v in fb.inputs.items()}
-                rx = {k: v.to(task.device) for k, v in rb.inputs.items()}
-                loss = push_loss(task.logits(fx), fb.labels.to(task.device)) \
-                    + DISTIL_WEIGHT * retain_kl(task.logits(rx), ref_logp[ri].to(task.device))
+                rx = {k: v.to(task.device) for k, v in retain_enc.take(ri.numpy()).inputs.items()}
+                loss = DISTIL_WEIGHT * retain_kl(task.logits(rx), ref_logp[ri].to(task.device))
+                if fi is not None:
+                    fb = pool.take(fi)
+                    fx = {k: v.to(task.device) for k, v in fb.inputs.items()}
+                    loss = push_loss(task.logits(fx), fb.labels.to(task.device)) + loss
                 mp.descend(opt, loss)
-                work.spend(GRAD_WORK * (len(fi) + br))
+                work.spend(GRAD_WORK * ((0 if fi is None else len(fi)) + br))
             steps += DISTIL_EVERY
             work.spend(trial_work)
-            c = evaluate()
+            c = last = evaluate()
             kept.record(steps, c)
             if target.reached(c.forget_acc, c.forget_losses) and target.feasible_check(c):
                 stopped = "target reached"

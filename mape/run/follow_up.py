@@ -30,7 +30,9 @@ step-size trials check those examples (``forget_checked`` in the trial records) 
 The report lists every step's trials (``round`` = step number), ``step_seconds`` and ``work``.
 With ``distil`` (``unlearn`` passes :func:`distil_follow_up`): when the first step stops short of the target,
 ``distil(report)`` is asked first and, when it returns True (the work budget paid for it), the distilled push
-of :mod:`mape.method.distil` has replaced the follow-ups (its trials have ``round`` = ``"distil"``).
+of :mod:`mape.method.distil` has replaced the follow-ups (its trials have ``round`` = ``"distil"``) — unless the
+push kept no checkpoint (every check farther from the target than the first step): then the follow-ups run from
+the first step's point after all, and the report keeps the push's record and trials.
 """
 
 from __future__ import annotations
@@ -162,10 +164,14 @@ def follow_up_steps(task, mp: MaskedParams, mg, forget_enc: Encoded, retain_enc:
     report = so_update(task, mp, so_direction(mp, first_grad, mg.param_retain_fisher, config.damping),
                        config.step, evaluate, target, progress=prog, work=work, trial_work=trial_work)
     seconds = [time.perf_counter() - t_first]
-    if config.step == "auto" and not report.reached_target and distil is not None \
-            and _distilled(report, seconds, distil, work, mp):
+    distilled = config.step == "auto" and not report.reached_target and distil is not None \
+        and _distilled(report, seconds, distil, work, mp)
+    if distilled and (report.reached_target or report.distil["steps"] > 0):
         return report
-    steps, trials = [report.step], [{**t, "round": 1} for t in report.trials]
+    # no distilled push, or one that kept nothing (every check it made was farther from the target than the
+    # first step, e.g. all of a class off its label but the retain check broken): so follow-ups from here
+    steps, trials = [report.step], report.trials if distilled else [{**t, "round": 1} for t in report.trials]
+    pushed = report.distil if distilled else None  # the record of a push that kept nothing stays in the report
     stopped, last = None, report.final
 
     def out_of_work(need: float) -> str | None:
@@ -221,6 +227,7 @@ def follow_up_steps(task, mp: MaskedParams, mg, forget_enc: Encoded, retain_enc:
             break
         steps.append(report.step)
         last = report.final
+    report.distil = pushed or report.distil
     return _finished(report, steps, trials, stopped, seconds, config, work, mp)
 
 
