@@ -164,14 +164,11 @@ def follow_up_steps(task, mp: MaskedParams, mg, forget_enc: Encoded, retain_enc:
     report = so_update(task, mp, so_direction(mp, first_grad, mg.param_retain_fisher, config.damping),
                        config.step, evaluate, target, progress=prog, work=work, trial_work=trial_work)
     seconds = [time.perf_counter() - t_first]
-    distilled = config.step == "auto" and not report.reached_target and distil is not None \
-        and _distilled(report, seconds, distil, work, mp)
-    if distilled and (report.reached_target or report.distil["steps"] > 0):
+    if config.step == "auto" and not report.reached_target and distil is not None \
+            and _distilled(report, seconds, distil, work, mp):
         return report
-    # no distilled push, or one that kept nothing (every check it made was farther from the target than the
-    # first step, e.g. all of a class off its label but the retain check broken): so follow-ups from here
-    steps, trials = [report.step], report.trials if distilled else [{**t, "round": 1} for t in report.trials]
-    pushed = report.distil if distilled else None  # the record of a push that kept nothing stays in the report
+    pushed = report.distil  # a push that kept nothing: its record and trials stay in the report
+    steps, trials = [report.step], report.trials if pushed else [{**t, "round": 1} for t in report.trials]
     stopped, last = None, report.final
 
     def out_of_work(need: float) -> str | None:
@@ -233,13 +230,15 @@ def follow_up_steps(task, mp: MaskedParams, mg, forget_enc: Encoded, retain_enc:
 
 def _distilled(report: UpdateReport, seconds: list, distil, work: Work, mp: MaskedParams) -> bool:
     """Ask ``distil(report)`` for the distilled push (:mod:`mape.method.distil`) in place of so follow-ups; True
-    when it ran (the work budget paid for it) and ``report`` is final."""
+    when it ran (the work budget paid for it), reached the target or kept a checkpoint, and ``report`` is final.
+    A push that kept nothing (every check farther from the target than the first step, e.g. all of a class off
+    its label but the retain check broken) returns False with ``report.distil`` set: the so follow-ups run."""
     report.trials = [{**t, "round": 1} for t in report.trials]
     report.step_seconds = seconds
     if distil(report):
         report.work = work.to_json()
         report.params_changed = mp.changed()
-        return True
+        return report.reached_target or report.distil["steps"] > 0
     report.trials = [{k: v for k, v in t.items() if k != "round"} for t in report.trials]
     return False
 
