@@ -8,7 +8,10 @@ and the forget-set preview), run1_s / run1_cpu_s (Run clicked as soon as the pag
 "Done": wall seconds and the app process's CPU seconds), run2_s / run2_cpu_s (a second Run in the same
 process). MEASURE_NO_RUN=1 stops after interactive_s. MEASURE_PRESET=NAME (e.g. vit-mnist) switches the
 page to that preset once it is interactive and times one Run of its default forget set (run1_*; with an
-empty MAPE_CACHE this is the first use: training the original through the app). Needs playwright and
+empty MAPE_CACHE this is the first use: training the original through the app). MEASURE_LESSONS=KEY,KEY,...
+(or "all") clicks each lesson at the top of the page once it is interactive and prints the seconds from the
+click to its "done" (lesson_s; the lessons run with the retrained model on, so a first use trains the
+originals and retrained models they need: run twice and read the second). Needs playwright and
 /usr/bin/chromium; the original model should be in the cache (otherwise the first Run trains it)."""
 import json
 import os
@@ -86,6 +89,22 @@ with sync_playwright() as p:
             if os.environ.get("MEASURE_NO_RUN"):
                 print(json.dumps({"label": label, "trial": k, "http_s": round(http_s, 1),
                                   "interactive_s": round(interactive_s, 1), "load": os.getloadavg()}), flush=True)
+                continue
+            wanted = os.environ.get("MEASURE_LESSONS")
+            if wanted:
+                sys.path.insert(0, os.path.abspath(app_dir))
+                from mape.serving.lessons import LESSONS
+
+                for lesson in (x for x in LESSONS if wanted == "all" or x.key in wanted.split(",")):
+                    t, c = time.monotonic(), cpu_s(proc.pid)
+                    page.click(f"#lesson-btn-{lesson.key}")
+                    note = wait(lambda: (lambda x: x if f"“{lesson.title}” done" in x or "did not finish" in x
+                                         else None)(page.inner_text("#lesson-status")), 1500)
+                    print(json.dumps({"label": label, "trial": k, "interactive_s": round(interactive_s, 1),
+                                      "lesson": lesson.key, "lesson_s": round(time.monotonic() - t, 1),
+                                      "lesson_cpu_s": round(cpu_s(proc.pid) - c, 1), "status": note[:120],
+                                      "load": os.getloadavg()}), flush=True)
+                page.close()
                 continue
             other = os.environ.get("MEASURE_PRESET")
             if other:
