@@ -13,7 +13,7 @@ import gradio as gr
 from mape.base.errors import MapeError
 from mape.serving import figures as FG, owner as serving
 from ui import render
-from ui.common import EMPTY_RESULTS, EXPLAIN, error_html
+from ui.common import EMPTY_RESULTS, EXPLAIN, deferred_plot, error_html
 from ui.predictions import custom_input
 
 
@@ -25,8 +25,7 @@ def build(ctx) -> SimpleNamespace:
                                   "model's prediction).")
         explain_btn = gr.Button("Explain", scale=1, elem_id="explain-btn")
     text = gr.HTML(EMPTY_RESULTS, elem_id="attr-text", visible=ctx.modality == "text")
-    plot = gr.Plot(FG.empty_figure("Pixel attributions: after a run", 340), elem_id="attr-image",
-                   visible=ctx.modality == "image", label="Pixel attributions")
+    plot = deferred_plot(elem_id="attr-image", visible=ctx.modality == "image", label="Pixel attributions")
     return SimpleNamespace(choice=choice, explain_btn=explain_btn, text=text, plot=plot)
 
 

@@ -14,7 +14,7 @@ import gradio as gr
 from mape.base.errors import MapeError
 from mape.serving import chain as CH, figures as FG, offer, owner as serving
 from ui import live_search, method
-from ui.common import fmt_status, title_of
+from ui.common import deferred_plot, fmt_status, title_of
 
 NOTE = ("**Run unlearning** always starts from the original model. **Forget more from this model** runs the forget "
         "set and method settings above on the model the last run left: the earlier forget sets stay forgotten (they "
@@ -34,8 +34,7 @@ def build(ctx) -> SimpleNamespace:
         reset_btn = gr.Button("Back to the original", variant="secondary", interactive=False,
                               elem_id="chain-reset-btn")
     timeline = gr.HTML(CH.timeline_html([]), elem_id="chain-timeline")
-    overlap = gr.Plot(FG.empty_figure(OVERLAP_EMPTY, 300), label="Units selected, earlier vs this request",
-                      elem_id="chain-overlap")
+    overlap = deferred_plot(label="Units selected, earlier vs this request", elem_id="chain-overlap")
     return SimpleNamespace(status=status, more_btn=more_btn, reset_btn=reset_btn, timeline=timeline, overlap=overlap)
 
 

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 
+import gradio as gr
+
 from mape.base.errors import MapeError
 from mape.data.presets import DEFAULT_PRESET, PRESETS
 from mape.serving import files, offer, owner as serving
@@ -113,3 +115,11 @@ def tmp_folder(prefix: str) -> Path:
     TMP_ROOT.mkdir(parents=True, exist_ok=True)
     files.clean_old_files(TMP_ROOT)
     return Path(tempfile.mkdtemp(prefix=prefix, dir=TMP_ROOT))
+
+
+def deferred_plot(**kw) -> gr.Plot:
+    """A plot that the page serves empty: the browser loads plotly's script (1.3 MB, about a second of parsing on a
+    2-core machine) with the first figure a visitor asks for, not with the page (BENCHMARKS.md "App
+    responsiveness": page interactive 5.5 → 4.4 s). Its placeholder message, where it had one, comes with that
+    first figure's reset, and the section's text says what fills it."""
+    return gr.Plot(None, **kw)

@@ -12,7 +12,7 @@ import gradio as gr
 from mape.base.errors import MapeError
 from mape.serving import charts, figures as FG, offer, owner as serving
 from ui import method
-from ui.common import fmt_status, tmp_folder
+from ui.common import deferred_plot, fmt_status, tmp_folder
 from ui.model_data import model_status
 
 CHOICES = [
@@ -57,9 +57,9 @@ def build(ctx) -> SimpleNamespace:
     status = gr.HTML(fmt_status("idle", "Not started."), elem_id="compare-status")
     table = gr.Markdown("", elem_id="compare-table")
     with gr.Row():
-        plot = gr.Plot(_empty("metrics"), label="Metrics", elem_id="compare-plot", scale=3)
-        gap_plot = gr.Plot(_empty("gap"), label="Gap vs. time", elem_id="compare-gap-plot", scale=2)
-    relearn_plot = gr.Plot(_empty("relearn"), label="Relearn test", elem_id="compare-relearn-plot")
+        plot = deferred_plot(label="Metrics", elem_id="compare-plot", scale=3)
+        gap_plot = deferred_plot(label="Gap vs. time", elem_id="compare-gap-plot", scale=2)
+    relearn_plot = deferred_plot(label="Relearn test", elem_id="compare-relearn-plot")
     with gr.Row():
         dl_json = gr.DownloadButton("Comparison JSON", interactive=False, elem_id="dl-compare-json")
         dl_md = gr.DownloadButton("Comparison table (.md)", interactive=False, elem_id="dl-compare-md")

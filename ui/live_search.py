@@ -13,7 +13,7 @@ import gradio as gr
 from mape.base.errors import MapeError
 from mape.serving import figures as FG, offer, owner as serving
 from ui import attributions, downloads, method, predictions, results
-from ui.common import default_kv, fmt_status, title_of
+from ui.common import default_kv, deferred_plot, fmt_status, title_of
 from ui.model_data import model_status, preparing_status
 
 BINS = 64
@@ -26,12 +26,11 @@ STAGES = {"measuring the original model": (0.0, 0.02), "forget gradients": (0.02
 def build(ctx) -> SimpleNamespace:
     gr.Markdown("## ④ Mask search (live)", elem_classes=["mape-section"])
     status = gr.HTML(fmt_status("idle", "Not started."), elem_id="run-status")
-    h0, f0, c0 = placeholder_figures()
     with gr.Row():
-        heads = gr.Plot(h0, label="Attention heads (layers × heads)", elem_id="heads-plot", scale=2)
-        counts = gr.Plot(c0, label="Selected units per layer", elem_id="counts-plot", scale=3)
-    filters = gr.Plot(f0, label="FFN filters (layers × filters, binned; hover for exact counts)",
-                      elem_id="filters-plot")
+        heads = deferred_plot(label="Attention heads (layers × heads)", elem_id="heads-plot", scale=2)
+        counts = deferred_plot(label="Selected units per layer", elem_id="counts-plot", scale=3)
+    filters = deferred_plot(label="FFN filters (layers × filters, binned; hover for exact counts)",
+                            elem_id="filters-plot")
     return SimpleNamespace(status=status, heads=heads, counts=counts, filters=filters,
                            state=gr.State(None, time_to_live=6 * 3600),  # the session's last run
                            flags=gr.State({"stop": False}),  # the Stop button sets "stop"

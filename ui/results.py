@@ -9,7 +9,7 @@ import gradio as gr
 
 from mape.serving import charts, figures as FG, wording
 from ui import render
-from ui.common import EMPTY_RESULTS
+from ui.common import EMPTY_RESULTS, deferred_plot
 
 
 def build(ctx) -> SimpleNamespace:
@@ -21,8 +21,8 @@ def build(ctx) -> SimpleNamespace:
         with gr.Column(scale=3):
             table = gr.HTML(EMPTY_RESULTS, elem_id="metrics-table")
         with gr.Column(scale=2):
-            chart = gr.Plot(FG.empty_figure("Metrics chart: after a run", 380), label="Metrics", elem_id="metrics-plot")
-    losses = gr.Plot(FG.empty_figure(LOSS_EMPTY, 300), label="Loss distribution", elem_id="loss-plot")
+            chart = deferred_plot(label="Metrics", elem_id="metrics-plot")
+    losses = deferred_plot(label="Loss distribution", elem_id="loss-plot")
     return SimpleNamespace(reading=reading, summary=summary, table=table, chart=chart, losses=losses)
 
 

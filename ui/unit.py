@@ -15,7 +15,7 @@ import numpy as np
 from mape.base.errors import MapeError
 from mape.serving import figures as FG, inside, unit_figures as UF
 from ui import attributions, render
-from ui.common import EXPLAIN, error_html, preset_of
+from ui.common import EXPLAIN, deferred_plot, error_html, preset_of
 
 INTRO = ("Pick a unit of the last run. **Attention head**: where each token (for images: the [CLS] token, over "
          "the image's patches) looks, before and after unlearning. A head's attention changes only if its own "
@@ -63,15 +63,15 @@ def build(ctx) -> SimpleNamespace:
         head_btn = gr.Button("Show attention", scale=1, elem_id="unit-head-btn")
     head_info = gr.HTML("", elem_id="unit-head-info")
     with gr.Row():
-        before = gr.Plot(FG.empty_figure(HEAD_EMPTY, 380), label="Before (original)", elem_id="unit-attn-before")
-        after = gr.Plot(FG.empty_figure(HEAD_EMPTY, 380), label="After (MAPE)", elem_id="unit-attn-after")
+        before = deferred_plot(label="Before (original)", elem_id="unit-attn-before")
+        after = deferred_plot(label="After (MAPE)", elem_id="unit-attn-after")
     gr.Markdown("#### FFN filter", elem_classes=["mape-sub"])
     with gr.Row():
         filter_layer = gr.Number(0, label="Layer", precision=0, minimum=0, scale=1, elem_id="unit-filter-layer")
         filt = gr.Number(0, label="Filter", precision=0, minimum=0, scale=1, elem_id="unit-filter")
         filter_btn = gr.Button("Show activations", scale=1, elem_id="unit-filter-btn")
     filter_info = gr.HTML("", elem_id="unit-filter-info")
-    filter_plot = gr.Plot(FG.empty_figure(FILTER_EMPTY, 340), label="Filter activation", elem_id="unit-filter-plot")
+    filter_plot = deferred_plot(label="Filter activation", elem_id="unit-filter-plot")
     return SimpleNamespace(head_layer=head_layer, head=head, example=example, head_btn=head_btn,
                            head_info=head_info, before=before, after=after, filter_layer=filter_layer, filt=filt,
                            filter_btn=filter_btn, filter_info=filter_info, filter_plot=filter_plot)
