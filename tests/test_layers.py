@@ -151,3 +151,22 @@ def test_the_page_is_built_without_torch_and_loads_it_in_the_background():
     out = subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT.parent, env=env,
                          capture_output=True, text=True)
     assert out.stdout.strip().endswith("ok")
+
+
+def test_the_page_is_served_without_a_plotly_figure():
+    """Issue 28 item 4: no plot of the served page holds a figure (``ui.common.deferred_plot``), so the browser
+    does not fetch and parse plotly's 1.3 MB script before the page is usable; the page has plots, and its config
+    (what the browser receives) names none of plotly's figure fields."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    code = ("import json, app, gradio as gr; plots = [b for b in app.demo.blocks.values() if isinstance(b, gr.Plot)]; "
+            "print(json.dumps({'plots': len(plots), 'with_value': [b.elem_id for b in plots if b.value is not None], "
+            "'config': json.dumps(app.demo.get_config_file(), default=str)}))")
+    env = dict(os.environ, MAPE_APP_WARM="0", MAPE_APP_PRESETS="tiny-bbc,tiny-mnist")
+    out = json.loads(subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT.parent, env=env,
+                                    capture_output=True, text=True).stdout.strip().splitlines()[-1])
+    assert out["plots"] >= 13 and out["with_value"] == []
+    assert '"type": "plotly"' not in out["config"] and "annotations" not in out["config"]
