@@ -120,6 +120,6 @@ def tmp_folder(prefix: str) -> Path:
 def deferred_plot(**kw) -> gr.Plot:
     """A plot that the page serves empty: the browser loads plotly's script (1.3 MB, about a second of parsing on a
     2-core machine) with the first figure a visitor asks for, not with the page (BENCHMARKS.md "App
-    responsiveness": page interactive 5.5 → 4.4 s). Its placeholder message, where it had one, comes with that
-    first figure's reset, and the section's text says what fills it."""
+    responsiveness": page interactive 5.5 → 4.6 s, medians on an Intel VM). The placeholder messages the plots
+    had are shown again only by the sections' resets (a preset switch, "Back to the original")."""
     return gr.Plot(None, **kw)
